@@ -1,0 +1,143 @@
+"""The HuatuoGPT-II prompt format and training token layout, pinned byte for byte."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from huatuo.template import (
+    CHAT_TEMPLATE,
+    GENERATION_MARKER,
+    IGNORE_INDEX,
+    ConversationEncoder,
+    ConversationError,
+    build_prompt,
+)
+
+
+def test_single_turn_prompt_bytes():
+    prompt = build_prompt([{"role": "user", "content": "肚子疼怎么办？"}])
+    assert prompt == "<问>：肚子疼怎么办？\n<答>："
+    assert (
+        prompt.encode() == b"<\xe9\x97\xae>\xef\xbc\x9a\xe8\x82\x9a\xe5\xad\x90\xe7\x96\xbc\xe6\x80\x8e\xe4\xb9\x88"
+        b"\xe5\x8a\x9e\xef\xbc\x9f\n<\xe7\xad\x94>\xef\xbc\x9a"
+    )  # full-width colon U+FF1A, no trailing space
+
+
+def test_multi_turn_prompt_and_turn_lists():
+    messages = [
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "q2"},
+    ]
+    assert build_prompt(messages) == "<问>：q1\n<答>：a1\n<问>：q2\n<答>："
+    assert build_prompt(["q1", "a1", "q2"]) == build_prompt(messages)
+    assert build_prompt(["q1", "a1"], add_generation_prompt=False) == "<问>：q1\n<答>：a1"
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "system", "content": "be nice"}, {"role": "user", "content": "q"}],
+        [{"role": "assistant", "content": "a"}],
+        [{"role": "user", "content": "q"}, {"role": "user", "content": "q"}],
+    ],
+)
+def test_bad_roles_are_rejected_by_builder_and_template(messages, tiny_tokenizer):
+    with pytest.raises(ConversationError):
+        build_prompt(messages)
+    tiny_tokenizer.chat_template = CHAT_TEMPLATE
+    with pytest.raises(Exception, match="system prompt|alternate"):
+        tiny_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _random_text(rng: random.Random) -> str:
+    alphabet = "患者发热咳嗽三天体温多少度需要吃药吗 abcXYZ0123456789？。！,.\n\t:：<>{}%'\"\\"
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
+
+
+def test_chat_template_renders_exactly_what_the_builder_renders(tiny_tokenizer):
+    tiny_tokenizer.chat_template = CHAT_TEMPLATE
+    rng = random.Random(0)
+    for _ in range(300):
+        rounds = rng.randint(1, 4)
+        messages = []
+        for i in range(2 * rounds - rng.randint(0, 1)):
+            content = _random_text(rng)
+            if rng.random() < 0.2:  # OpenAI content parts
+                content = [{"type": "text", "text": content}, {"type": "text", "text": _random_text(rng)}]
+            messages.append({"role": "user" if i % 2 == 0 else "assistant", "content": content})
+        for generation in (True, False):
+            rendered = tiny_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+            assert rendered == build_prompt(messages, add_generation_prompt=generation)
+
+
+def _enc(tokenizer, text: str) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def test_single_turn_token_layout(tiny_tokenizer):
+    encoder = ConversationEncoder(tiny_tokenizer, max_len=256)
+    sample = encoder.encode(["头痛怎么办？", "多休息，必要时就医。"])
+    user, marker, answer = (
+        _enc(tiny_tokenizer, "<问>：头痛怎么办？"),
+        _enc(tiny_tokenizer, GENERATION_MARKER),
+        _enc(tiny_tokenizer, "多休息，必要时就医。"),
+    )
+    eos = tiny_tokenizer.eos_token_id
+    assert sample.input_ids.tolist() == user + marker + answer + [eos]
+    assert sample.labels.tolist() == [IGNORE_INDEX] * (len(user) + len(marker)) + answer + [eos]
+    assert tiny_tokenizer.decode(sample.input_ids.tolist()) == "<问>：头痛怎么办？\n<答>：多休息，必要时就医。</s>"
+    assert not sample.truncated
+
+
+def test_multi_turn_token_layout_puts_eos_label_after_every_answer(tiny_tokenizer):
+    encoder = ConversationEncoder(tiny_tokenizer, max_len=512)
+    turns = ["咳嗽一周了", "有发热吗？", "没有发热", "可以先观察，多喝水。"]
+    sample = encoder.encode(turns)
+    enc = lambda text: _enc(tiny_tokenizer, text)  # noqa: E731
+    eos = tiny_tokenizer.eos_token_id
+    q1, m, a1, q2, a2 = (
+        enc("<问>：咳嗽一周了"),
+        enc(GENERATION_MARKER),
+        enc("有发热吗？"),
+        enc("\n<问>：没有发热"),
+        enc("可以先观察，多喝水。"),
+    )
+    assert sample.input_ids.tolist() == q1 + m + a1 + q2 + m + a2 + [eos]
+    expected = (
+        [IGNORE_INDEX] * (len(q1) + len(m))
+        + a1
+        + [eos]
+        + [IGNORE_INDEX] * (len(q2) - 1)  # end-of-answer label on the first token of the next question
+        + [IGNORE_INDEX] * len(m)
+        + a2
+        + [eos]
+    )
+    assert sample.labels.tolist() == expected
+    # the text the model reads is exactly the chat prompt followed by the answer
+    assert tiny_tokenizer.decode(sample.input_ids.tolist()) == build_prompt(turns[:3]) + turns[3] + "</s>"
+
+
+def test_overlong_samples_are_truncated_and_flagged(tiny_tokenizer):
+    encoder = ConversationEncoder(tiny_tokenizer, max_len=32)
+    sample = encoder.encode(["问" * 10, "答" * 200])
+    assert sample.truncated and len(sample.input_ids) == len(sample.labels) == 32
+
+
+def test_batch_encoding_equals_one_by_one(tiny_tokenizer):
+    encoder = ConversationEncoder(tiny_tokenizer, max_len=128)
+    rng = random.Random(1)
+    conversations = [[_random_text(rng) for _ in range(2 * rng.randint(1, 3))] for _ in range(40)]
+    batch = encoder.encode_batch(conversations)
+    for conversation, sample in zip(conversations, batch, strict=True):
+        single = encoder.encode(conversation)
+        np.testing.assert_array_equal(single.input_ids, sample.input_ids)
+        np.testing.assert_array_equal(single.labels, sample.labels)
+
+
+def test_max_len_too_small_for_the_template_is_refused(tiny_tokenizer):
+    with pytest.raises(ValueError, match="raise data.max_len"):
+        ConversationEncoder(tiny_tokenizer, max_len=4)
