@@ -111,6 +111,6 @@ def load_model(
             attn_implementation=attn_implementation,
         )
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable({"use_reentrant": False})
         model.config.use_cache = False
     return model

@@ -394,11 +394,6 @@ class BaichuanModel(BaichuanPreTrainedModel):
         rope = config.position_embedding == "rope"
         self.rotary = BaichuanRotary(config.head_dim, config.rope_theta) if rope else None
         self.gradient_checkpointing = False
-        if config.position_embedding == "alibi" and config._attn_implementation not in (None, "sdpa", "eager"):
-            raise ValueError(
-                f"attn_implementation={config._attn_implementation!r} cannot add the ALiBi bias of Baichuan2-13B; "
-                "use sdpa or eager"
-            )
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
