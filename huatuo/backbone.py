@@ -55,16 +55,18 @@ def load_tokenizer(
     trust_remote_code: bool = False,
     pad_token: str | None = None,
     revision: str | None = None,
+    from_sentencepiece: bool | None = None,
 ) -> PreTrainedTokenizerBase:
     """Load a tokenizer and make sure it can pad (falling back to ``pad_token``, then the unk/eos token).
 
-    A folder whose ``tokenizer_config.json`` names Baichuan2's or Yi's remote SentencePiece class is rebuilt from its
-    ``tokenizer.model`` instead (exactly the same ids, no remote code).
+    ``from_sentencepiece``: rebuild the tokenizer from the folder's ``tokenizer.model`` so it encodes exactly like
+    sentencepiece. None (the default) does so only for folders whose ``tokenizer_config.json`` names Baichuan2's or
+    Yi's remote tokenizer class, which cannot run on current transformers anyway.
     """
     remote_class = checkpoints.remote_sentencepiece_class(
         checkpoints.read_json(path, "tokenizer_config.json", revision)
     )
-    if remote_class is not None:
+    if from_sentencepiece or (from_sentencepiece is None and remote_class is not None):
         tokenizer = checkpoints.sentencepiece_tokenizer(path, remote_class, revision=revision)
     else:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)

@@ -36,17 +36,22 @@ SENTENCEPIECE_TOKENIZERS = {
 _REMOTE_ONLY_KEYS = ("auto_map", "sp_model_kwargs", "use_fast")
 
 
-def read_json(path: str, filename: str, revision: str | None = None) -> dict[str, Any] | None:
-    """``filename`` of a local folder or hub repository as a dict, or None when it has no such file."""
+def resolve_file(path: str, filename: str, revision: str | None = None) -> str | None:
+    """Local path of ``filename`` in a folder or hub repository (downloaded to the hub cache), or None if absent."""
     from transformers.utils import cached_file
 
-    resolved = cached_file(
+    return cached_file(
         path,
         filename,
         revision=revision,
         _raise_exceptions_for_missing_entries=False,
         _raise_exceptions_for_connection_errors=False,
     )
+
+
+def read_json(path: str, filename: str, revision: str | None = None) -> dict[str, Any] | None:
+    """``filename`` of a local folder or hub repository as a dict, or None when it has no such file."""
+    resolved = resolve_file(path, filename, revision)
     if resolved is None:
         return None
     with open(resolved, encoding="utf-8") as handle:
@@ -92,28 +97,26 @@ def remote_sentencepiece_class(tokenizer_config: dict[str, Any] | None) -> str |
     return name if name in SENTENCEPIECE_TOKENIZERS else None
 
 
-def sentencepiece_tokenizer(path: str, remote_class: str, revision: str | None = None, **kwargs: Any):
-    """A fast tokenizer rebuilt from the folder's ``tokenizer.model``, set up like the remote ``remote_class``.
+def sentencepiece_tokenizer(path: str, remote_class: str | None = None, revision: str | None = None):
+    """A fast tokenizer rebuilt from the folder's ``tokenizer.model`` (set up like ``remote_class`` when given).
 
     transformers converts the SentencePiece model following its own settings (no dummy prefix for Baichuan2, byte
     fallback, user-defined pieces kept whole), which encodes exactly like ``sentencepiece`` on any text; the
-    special-token strings ``<s>``, ``</s>``, ``<unk>`` map to their ids, as they did in the remote class.
+    special-token strings ``<s>``, ``</s>``, ``<unk>`` map to their ids, as they did in the remote classes.
+    ``add_bos_token`` / ``add_eos_token`` come from ``tokenizer_config.json``, else from the remote class's defaults.
     """
     from transformers import TokenizersBackend
 
-    settings = {**SENTENCEPIECE_TOKENIZERS[remote_class], **kwargs}
+    settings = dict(SENTENCEPIECE_TOKENIZERS.get(remote_class or "", {}))
     config = read_json(path, "tokenizer_config.json", revision) or {}
-    for key in ("add_bos_token", "add_eos_token"):
-        if key in config and key not in kwargs:
-            settings[key] = config[key]
-    try:
-        tokenizer = TokenizersBackend.from_pretrained(path, revision=revision, **settings)
-    except OSError as err:
-        raise OSError(
-            f"{path}: tokenizer_config.json names {remote_class}, which huatuo rebuilds from tokenizer.model, but it "
-            f"could not be read ({err}); check that the folder (or hub repository) has tokenizer.model"
-        ) from err
+    settings.update({key: config[key] for key in ("add_bos_token", "add_eos_token") if key in config})
+    if resolve_file(path, "tokenizer.model", revision) is None:
+        raise FileNotFoundError(
+            f"{path}: no tokenizer.model to rebuild the {remote_class or 'SentencePiece'} tokenizer from; copy the "
+            "release's tokenizer.model into the folder"
+        )
+    tokenizer = TokenizersBackend.from_pretrained(path, revision=revision, **settings)
     for key in _REMOTE_ONLY_KEYS:
         tokenizer.init_kwargs.pop(key, None)
-    log.info("%s: rebuilt %s from tokenizer.model (no remote code)", path, remote_class)
+    log.info("%s: tokenizer rebuilt from tokenizer.model (%s, no remote code)", path, remote_class or "SentencePiece")
     return tokenizer
