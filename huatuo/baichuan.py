@@ -163,6 +163,11 @@ def alibi_bias(
     return bias.masked_fill(~allowed, torch.finfo(dtype).min)
 
 
+def _compute_dtype(embeds: torch.Tensor) -> torch.dtype:
+    device_type = embeds.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else embeds.dtype
+
+
 def document_ids(position_ids: torch.Tensor) -> torch.Tensor | None:
     """Document index of every token of packed rows (a new document wherever positions do not go up by one).
 
@@ -414,14 +419,23 @@ class BaichuanModel(BaichuanPreTrainedModel):
         # rule as transformers' masks. A fresh, still empty cache is ignored so that `use_cache=True` (the config
         # default) does not switch isolation off.
         mask_cache = cache if cache is not None and (past > 0 or getattr(cache, "is_compileable", False)) else None
+        # Masks and biases are built once per forward in the dtype attention runs in: under autocast the activations
+        # are float32 but SDPA runs in half precision and would otherwise cast (and keep for backward) a copy per layer.
+        dtype = _compute_dtype(embeds)
         if self.config.position_embedding == "rope":
-            return create_causal_mask(
+            mask = create_causal_mask(
                 config=self.config,
                 inputs_embeds=embeds,
                 attention_mask=attention_mask,
                 cache=mask_cache,
                 position_ids=position_ids,
             )
+            if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:
+                # SDPA turns a boolean mask into an additive one in every layer; doing it once saves that per layer.
+                mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+                    ~mask, torch.finfo(dtype).min
+                )
+            return mask
         documents = None
         if attention_mask is None and mask_cache is None:
             documents = document_ids(position_ids.expand(embeds.shape[0], -1))
@@ -430,7 +444,7 @@ class BaichuanModel(BaichuanPreTrainedModel):
             self.config.num_attention_heads,
             length,
             past + length,
-            embeds.dtype,
+            dtype,
             embeds.device,
             attention_mask=attention_mask,
             document_ids=documents,
