@@ -17,6 +17,7 @@ transformers, so there is nothing better to fall back to.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from huatuo.logs import get_logger
@@ -40,6 +41,11 @@ def resolve_file(path: str, filename: str, revision: str | None = None) -> str |
     """Local path of ``filename`` in a folder or hub repository (downloaded to the hub cache), or None if absent."""
     from transformers.utils import cached_file
 
+    if os.path.isdir(path):
+        local = os.path.join(path, filename)
+        return local if os.path.isfile(local) else None
+    if path.startswith(("/", ".", "~")):
+        raise FileNotFoundError(f"{path}: no such folder; use a local model folder or a hub name such as org/model")
     return cached_file(
         path,
         filename,
