@@ -433,6 +433,10 @@ def plan_from_config(cfg) -> Plan:
 # -------------------------------------------------------------------------------------------------- reporting
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
 def _gib(value: float) -> str:
     return f"{value / GIB:,.2f}"
 
@@ -452,7 +456,7 @@ def render(plan: Plan, name: str = "") -> None:
         + (" + parameter offload" if setup.offload_parameters else ""),
     }.get(setup.strategy, setup.strategy.upper())
     console.print(
-        f"[bold]{name or arch.family}[/bold]: {arch.params / 1e9:.2f}B parameters "
+        f"[bold]{name or arch.family}[/bold]: {_count(arch.params)} parameters "
         f"({arch.layers} layers x {arch.layer_params / 1e6:.1f}M, hidden {arch.hidden}, heads {arch.heads}/"
         f"{arch.kv_heads} kv, vocab {arch.vocab}, {arch.family})\n"
         f"{sharding} over {setup.world} GPU(s), precision {setup.precision}, micro-batch {setup.micro_batch} x "
