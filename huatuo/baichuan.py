@@ -203,13 +203,14 @@ class BaichuanRotary(nn.Module):
         super().__init__()
         self.head_dim = head_dim
         self.base = float(base)
-        self._inv_freq: torch.Tensor | None = None
+        self._inv_freq: dict[torch.device, torch.Tensor] = {}  # per device: no host-to-device copy per step
 
     def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._inv_freq is None:
+        device = position_ids.device
+        if device not in self._inv_freq:
             exponents = torch.arange(0, self.head_dim, 2, device="cpu").float() / self.head_dim
-            self._inv_freq = 1.0 / (self.base**exponents)
-        freqs = position_ids[..., None].to(torch.float32) * self._inv_freq.to(position_ids.device)
+            self._inv_freq[device] = (1.0 / (self.base**exponents)).to(device)
+        freqs = position_ids[..., None].to(torch.float32) * self._inv_freq[device]
         angles = torch.cat((freqs, freqs), dim=-1)
         return angles.cos(), angles.sin()
 

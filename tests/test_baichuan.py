@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
 from huatuo.baichuan import BaichuanConfig, BaichuanDecoderLayer, BaichuanForCausalLM, alibi_slopes, to_llama
 from huatuo.packing import position_ids as packed_position_ids
 from tests.baichuan_reference import reference_logits
+from tests.helpers import run_script
 
 VOCAB = 101
 
@@ -92,6 +93,19 @@ def test_left_padding_with_an_attention_mask_leaves_real_tokens_unchanged(positi
         alone = model(tokens, use_cache=False).logits
         batched = model(padded, attention_mask=mask, position_ids=positions, use_cache=False).logits
     torch.testing.assert_close(batched[:, 5:], alone, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("position_embedding", ["rope", "alibi"])
+def test_batched_generation_with_left_padding_matches_each_prompt_alone(position_embedding):
+    model = tiny(position_embedding)
+    long, short = ids(1, 6, seed=2), ids(1, 3, seed=3)
+    batch = torch.cat([long, torch.cat([torch.zeros(1, 3, dtype=torch.long), short], dim=1)])
+    mask = torch.ones_like(batch)
+    mask[1, :3] = 0
+    greedy = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+    together = model.generate(batch, attention_mask=mask, **greedy)[:, 6:]
+    torch.testing.assert_close(together[0], model.generate(long, **greedy)[0, 6:])
+    torch.testing.assert_close(together[1], model.generate(short, **greedy)[0, 3:])
 
 
 @pytest.mark.parametrize("position_embedding", ["rope", "alibi"])
@@ -224,3 +238,18 @@ def test_bf16_drift_from_fp32_is_small(position_embedding):
     )
     assert np.isfinite(float(drift.max()))
     assert agreement > 0.8
+
+
+def test_import_huatuo_stays_light_and_registers_when_transformers_loads():
+    # transformers' own modules import its Auto classes half-way through loading: registration must wait for them
+    code = (
+        "import sys, huatuo\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
+        "from transformers import LlamaForCausalLM\n"
+        "from transformers import AutoConfig, AutoModelForCausalLM\n"
+        "config = AutoConfig.for_model('baichuan', hidden_size=32, num_attention_heads=4, num_hidden_layers=1,"
+        " intermediate_size=64, vocab_size=50)\n"
+        "print(type(AutoModelForCausalLM.from_config(config)).__module__)\n"
+    )
+    result = run_script(["-c", code])
+    assert result.stdout.strip().endswith("huatuo.baichuan")
