@@ -28,3 +28,9 @@ def conf_dir() -> str:
 # `${asset:demo/huatuo2_demo.json}` in YAML resolves to the bundled file, wherever huatuo is installed.
 if not OmegaConf.has_resolver("asset"):
     OmegaConf.register_new_resolver("asset", asset_path)
+
+# `model_type: baichuan` resolves to huatuo's native classes in AutoConfig/AutoModelForCausalLM once transformers
+# loads; the hook keeps `import huatuo` itself free of torch and transformers.
+from huatuo import registration  # noqa: E402
+
+registration.install()

@@ -1,4 +1,7 @@
-"""Loading backbones and tokenizers: hub names, local folders, or a random-init config (the tiny demo model)."""
+"""Loading backbones and tokenizers: hub names, local folders, or a random-init config (the tiny demo model).
+
+Released folders that ship remote code (Baichuan2, HuatuoGPT2, Yi) load without it: see ``huatuo.checkpoints``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from huatuo import checkpoints
 from huatuo.logs import get_logger
 
 log = get_logger(__name__)
@@ -31,8 +35,14 @@ def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     return DTYPES[name]
 
 
-def import_class(dotted: str) -> type:
+def import_class(dotted: str | None) -> type:
     """Import ``package.module.Class`` from its dotted path (used for FSDP wrap classes named in YAML)."""
+    if not dotted:
+        raise ValueError(
+            "backbone.layer_class is not set: name the model's decoder layer class, e.g. "
+            "backbone.layer_class=transformers.models.qwen2.modeling_qwen2.Qwen2DecoderLayer "
+            "(`python -m huatuo.plan backbone=hf backbone.path=...` prints it)"
+        )
     module_name, _, class_name = dotted.rpartition(".")
     try:
         return getattr(importlib.import_module(module_name), class_name)
@@ -45,9 +55,21 @@ def load_tokenizer(
     trust_remote_code: bool = False,
     pad_token: str | None = None,
     revision: str | None = None,
+    from_sentencepiece: bool | None = None,
 ) -> PreTrainedTokenizerBase:
-    """Load a tokenizer and make sure it can pad (falling back to ``pad_token``, then the unk/eos token)."""
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
+    """Load a tokenizer and make sure it can pad (falling back to ``pad_token``, then the unk/eos token).
+
+    ``from_sentencepiece``: rebuild the tokenizer from the folder's ``tokenizer.model`` so it encodes exactly like
+    sentencepiece. None (the default) does so only for folders whose ``tokenizer_config.json`` names Baichuan2's or
+    Yi's remote tokenizer class, which cannot run on current transformers anyway.
+    """
+    remote_class = checkpoints.remote_sentencepiece_class(
+        checkpoints.read_json(path, "tokenizer_config.json", revision)
+    )
+    if from_sentencepiece or (from_sentencepiece is None and remote_class is not None):
+        tokenizer = checkpoints.sentencepiece_tokenizer(path, remote_class, revision=revision)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
     if pad_token is not None:
         tokenizer.pad_token = pad_token
     elif tokenizer.pad_token is None:
@@ -83,14 +105,14 @@ def load_model(
         )
     else:
         log.info("loading backbone weights from %s", path)
-        model = AutoModelForCausalLM.from_pretrained(
+        model = checkpoints.load_causal_lm(
             path,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
             dtype=torch_dtype,
             attn_implementation=attn_implementation,
-            trust_remote_code=trust_remote_code,
-            revision=revision,
         )
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable({"use_reentrant": False})
         model.config.use_cache = False
     return model

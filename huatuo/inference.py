@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from huatuo.backbone import load_tokenizer, resolve_dtype
+from huatuo.checkpoints import load_causal_lm
 from huatuo.logs import get_logger
 from huatuo.template import CHAT_TEMPLATE, build_prompt
 
@@ -84,9 +85,8 @@ def load_for_inference(
     if quantize is not None:
         kwargs["quantization_config"] = quantization_config(quantize, torch_dtype)
         kwargs["device_map"] = {"": target.index or 0} if target.type == "cuda" else {"": "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch_dtype, trust_remote_code=trust_remote_code, revision=revision, **kwargs
-    )
+    # load_causal_lm: AutoModelForCausalLM, plus the released Yi/HuatuoGPT2-34B layout (huatuo.checkpoints)
+    model = load_causal_lm(path, dtype=torch_dtype, trust_remote_code=trust_remote_code, revision=revision, **kwargs)
     if quantize is None:
         model.to(target)
     model.eval()

@@ -51,13 +51,18 @@ def import_target(dotted: str):
     return getattr(importlib.import_module(module), name)
 
 
+# Options with required (`???`) values: what a user must pass for them to compose.
+REQUIRED = {("backbone", "hf"): ["backbone.path=Qwen/Qwen2.5-0.5B"]}
+
+
 def run_dir_overrides(tmp_path) -> list[str]:
     return [f"paths.run_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}"]
 
 
 @pytest.mark.parametrize(("entry", "group", "option"), group_cases())
 def test_every_option_composes_and_every_target_binds(entry, group, option, tmp_path):
-    cfg = compose_config(entry, [f"{group}={option}", *run_dir_overrides(tmp_path)])
+    required = REQUIRED.get((group, option), [])
+    cfg = compose_config(entry, [f"{group}={option}", *required, *run_dir_overrides(tmp_path)])
     OmegaConf.resolve(cfg)  # every interpolation resolves
     for path, node in walk_targets(cfg):
         target = import_target(node._target_)
