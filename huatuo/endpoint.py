@@ -143,10 +143,8 @@ class ChatClient:
 
     def __init__(self, settings: EndpointSettings, sleep=asyncio.sleep) -> None:
         self.settings = settings
-        self._client = openai.AsyncOpenAI(
-            base_url=settings.base_url, api_key=settings.api_key(), timeout=settings.timeout, max_retries=0
-        )
-        self._loop: asyncio.AbstractEventLoop | None = None  # the semaphore's loop: asyncio.run twice still works
+        self._client = self._new_client()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the pool and semaphore belong to
         self._slots: asyncio.Semaphore | None = None
         self._sleep = sleep
         self._not_before = 0.0  # monotonic time before which no request starts (set by a 429's Retry-After)
@@ -154,9 +152,15 @@ class ChatClient:
         self.requests = 0  # total attempts sent
         self.failures: Counter[str] = Counter()  # failed attempts by kind, retried or not
 
+    def _new_client(self) -> openai.AsyncOpenAI:
+        s = self.settings
+        return openai.AsyncOpenAI(base_url=s.base_url, api_key=s.api_key(), timeout=s.timeout, max_retries=0)
+
     def _semaphore(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
         if self._slots is None or self._loop is not loop:
+            if self._loop is not None:  # a second asyncio.run: the old pool's connections died with their loop
+                self._client = self._new_client()
             self._loop, self._slots = loop, asyncio.Semaphore(self.settings.max_concurrency)
         return self._slots
 
@@ -219,6 +223,9 @@ class ChatClient:
 
     async def close(self) -> None:
         """Release the HTTP connection pool."""
+        if self._loop is not None and self._loop is not asyncio.get_running_loop():
+            self._client, self._loop = self._new_client(), None  # its connections died with their loop
+            return
         await self._client.close()
 
 
