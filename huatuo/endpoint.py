@@ -150,6 +150,7 @@ class ChatClient:
         self._not_before = 0.0  # monotonic time before which no request starts (set by a 429's Retry-After)
         self.retries = 0  # total retries made (for progress reports)
         self.requests = 0  # total attempts sent
+        self.successes = 0  # requests answered with a usable reply
         self.failures: Counter[str] = Counter()  # failed attempts by kind, retried or not
 
     def _new_client(self) -> openai.AsyncOpenAI:
@@ -193,6 +194,7 @@ class ChatClient:
                 text = choice.message.content
                 if not isinstance(text, str):
                     raise ValueError("reply has no message content")
+                self.successes += 1
                 return ChatResult(
                     text=text,
                     attempts=attempt,

@@ -184,7 +184,7 @@ async def unify_unit(
     """Both calls for one passage; returns its output record (``reason`` set when rejected).
 
     Raises:
-        EndpointError: only a fatal one (bad key, wrong URL or model); other endpoint failures reject the passage.
+        EndpointError: a fatal one (bad key, wrong URL or model, nothing listening); other failures reject the passage.
     """
     origin = {} if unit.source_id is None else {"source_id": unit.source_id, "chunk": unit.chunk, "chunks": unit.chunks}
     if not unit.text.strip():
@@ -213,8 +213,8 @@ async def unify_unit(
                 lambda reply: check_answer(reply, unit.text, answer),
             )
     except EndpointError as error:
-        if error.fatal:
-            raise
+        if error.fatal or (error.kind == "connection error" and client.successes == 0):
+            raise  # nothing answered yet and nothing listens: a wrong URL or a server that is down, not this passage
         endpoint_problem = (ENDPOINT_ERROR, f"{error.kind}: {error}")
     meta = {
         "model": client.settings.model,
@@ -528,8 +528,9 @@ def unify(cfg: DictConfig) -> dict[str, Any]:
         counts = asyncio.run(go())
     except EndpointError as error:
         raise UnifyError(
-            f"the endpoint refused the run ({error}); check endpoint.base_url, endpoint.model and "
-            f"${endpoint.api_key_env}. Finished passages are kept; rerun to continue"
+            f"stopped: the endpoint at {endpoint.base_url or 'api.openai.com'} failed ({error}); check "
+            f"endpoint.base_url, endpoint.model and ${endpoint.api_key_env}. Finished passages are kept; rerun "
+            "to continue"
         ) from None
     finally:
         accepted_out.close()

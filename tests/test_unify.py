@@ -246,13 +246,16 @@ def test_retry_endpoint_failures_moves_them_and_nothing_else(tmp_path):
 
 def test_a_refused_key_stops_the_run_and_records_nothing(tmp_path):
     with CannedServer(lambda body: (401, "invalid api key")) as server:
-        with pytest.raises(UnifyError, match="refused the run"):
+        with pytest.raises(UnifyError, match="stopped: the endpoint"):
             unify(config(tmp_path, server.base_url, DEMO))
     assert outputs(tmp_path) == ([], [])  # nothing is marked done: a rerun with a good key does everything
 
 
 def test_an_endpoint_that_keeps_failing_stops_the_run(tmp_path):
-    with CannedServer(lambda body: (503, "overloaded")) as server:
+    def reply(body: dict) -> str | tuple[int, str]:
+        return simple_reply(body) if len(server.bodies) <= 4 else (503, "overloaded")  # up for 2 passages, then down
+
+    with CannedServer(reply) as server:
         with pytest.raises(UnifyError, match="3 passages in a row"):
             unify(
                 config(
@@ -264,9 +267,17 @@ def test_an_endpoint_that_keeps_failing_stops_the_run(tmp_path):
                     "passages_in_flight=1",
                 )
             )
-    _, rejected = outputs(tmp_path)
-    assert len(rejected) == 3 and {r["reason"] for r in rejected} == {"endpoint_error"}
-    assert len(server.bodies) == 6
+    accepted, rejected = outputs(tmp_path)
+    assert len(accepted) == 2 and len(rejected) == 3 and {r["reason"] for r in rejected} == {"endpoint_error"}
+    assert len(server.bodies) == 4 + 3 * 2
+
+
+def test_nothing_listening_stops_the_run_before_recording_anything(tmp_path):
+    with CannedServer() as server:
+        dead = server.base_url  # the port is closed once the block ends
+    with pytest.raises(UnifyError, match="connection error"):
+        unify(config(tmp_path, dead, DEMO, "endpoint.max_attempts=2"))
+    assert outputs(tmp_path) == ([], [])
 
 
 def test_split_runs_account_for_every_chunk(tmp_path):
