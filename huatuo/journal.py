@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -43,29 +44,39 @@ def recover(path: Path) -> dict[str, str]:
                 ) from None
             if key in finished:
                 log.warning("%s:%d: id %r is recorded twice; keeping the first", path, number, key)
-            finished.setdefault(key, record.get("reason", "accepted"))
+            finished.setdefault(key, sys.intern(str(record.get("reason", "accepted"))))  # a few distinct values
             good_end += len(raw)
     return finished
 
 
 def drop_records(path: Path, reason: str) -> int:
-    """Rewrite ``path`` without the records whose reason is ``reason`` (atomically: a kill keeps the old file)."""
+    """Rewrite ``path`` without the records whose reason is ``reason`` (atomically: a kill keeps the old file).
+
+    A torn last line is dropped too: like the dropped records, its passage is not finished and will be redone.
+    """
     if not path.exists():
         return 0
-    kept, dropped = [], 0
-    with path.open("rb") as handle:
-        for raw in handle:
+    dropped = 0
+    temporary = path.with_name(path.name + ".tmp")
+    with path.open("rb") as source, temporary.open("wb") as target:
+        for raw in source:
+            if not raw.endswith(b"\n"):
+                break
             if json.loads(raw).get("reason") == reason:
                 dropped += 1
             else:
-                kept.append(raw)
+                target.write(raw)
+        target.flush()
+        os.fsync(target.fileno())
     if dropped:
-        temporary = path.with_name(path.name + ".tmp")
-        with temporary.open("wb") as handle:
-            handle.writelines(kept)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.replace(temporary, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a power loss
+        finally:
+            os.close(directory)
+    else:
+        temporary.unlink()
     return dropped
 
 

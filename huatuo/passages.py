@@ -249,33 +249,48 @@ def scan_input(
 ) -> InputSummary:
     """Read the whole input once: count units, and raise one InputError listing every bad record or duplicate id."""
     summary = InputSummary()
-    problems: list[str] = []
+    problems: list[tuple[str, str, str | None]] = []  # (location, problem, duplicated key)
     extra = 0
-    seen: dict[str, str] = {}
+    seen: set[str] = set()  # keys only (not locations): memory stays ~100 bytes per passage
     for location, item in iter_units(paths, reader, split):
-        if isinstance(item, Unit) and item.key in seen:
-            item = f"id {item.id!r} is already used at {seen[item.key]}; ids must be unique"
-        if isinstance(item, str):
+        duplicate = isinstance(item, Unit) and item.key in seen
+        if isinstance(item, str) or duplicate:
             if len(problems) < MAX_REPORTED:
-                problems.append(f"{location}: {item}")
+                problems.append((location, item, item.key) if duplicate else (location, item, None))
             else:
                 extra += 1
             continue
-        seen[item.key] = location
+        seen.add(item.key)
         summary.units += 1
         summary.todo += item.key not in finished
         summary.longer_than_answer_cut += len(item.text) > answer_cut
     if problems:
+        first = _first_locations(paths, reader, split, {key for _, _, key in problems if key is not None})
+        lines = [
+            f"{location}: id {item.id!r} is already used at {first[key]}; ids must be unique"
+            if key is not None
+            else f"{location}: {item}"
+            for location, item, key in problems
+        ]
         more = f"\n  ... and {extra} more" if extra else ""
         raise InputError(
             f"{len(problems) + extra} bad input record(s):\n  "
-            + "\n  ".join(problems)
+            + "\n  ".join(lines)
             + more
             + "\nFix the records (reader.text_field / reader.id_field name the fields; drop id_field=null to derive "
             "ids from position and content)."
         )
     summary.orphans = sum(1 for key in finished if key not in seen)
     return summary
+
+
+def _first_locations(paths: list[Path], reader: ReaderSettings, split: SplitSettings, keys: set[str]) -> dict[str, str]:
+    first: dict[str, str] = {}
+    if keys:
+        for location, item in iter_units(paths, reader, split):
+            if isinstance(item, Unit) and item.key in keys and item.key not in first:
+                first[item.key] = location
+    return first
 
 
 def _preview(value: Any, limit: int = 60) -> str:

@@ -62,7 +62,7 @@ class UnifyError(RuntimeError):
 
 @dataclass
 class QuestionSettings:
-    """The first call: a question the passage answers."""
+    """The first call: a question the passage answers. Defaults: the paper's rules; conf/unify.yaml adds the rest."""
 
     prompt: str = "{passage}"
     cut: int = 400
@@ -75,7 +75,7 @@ class QuestionSettings:
 
 @dataclass
 class AnswerSettings:
-    """The second call: the expert's answer drawing on the passage."""
+    """The second call: the expert's answer drawing on the passage (defaults: the paper's rules)."""
 
     prompt: str = "{question}\n{passage}"
     cut: int = 600

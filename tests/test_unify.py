@@ -238,6 +238,8 @@ def test_retry_endpoint_failures_moves_them_and_nothing_else(tmp_path):
     with CannedServer(simple_reply) as healed:
         plain = unify(config(tmp_path, healed.base_url, source))
         assert plain["processed"] == 0  # by default a rerun leaves them be
+        with (tmp_path / "out" / "unified.rejected.jsonl").open("ab") as handle:
+            handle.write(b'{"id": "a3", "reason": "endpoint_er')  # a torn line (a3 is accepted already)
         redo = unify(config(tmp_path, healed.base_url, source, "retry_endpoint_failures=true"))
     assert redo["processed"] == 1 and redo["accepted"] == 1 and len(healed.bodies) == 2
     accepted, rejected = assert_each_id_once(tmp_path, {f"a{i}" for i in range(6)} | {"down", "bad"})
