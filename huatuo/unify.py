@@ -45,7 +45,7 @@ from huatuo.passages import (
 )
 
 # A plain logger: this stage runs in one process, and importing Lightning for a rank filter costs seconds.
-log = logging.getLogger(__name__)
+log = logging.getLogger("huatuo.unify")  # not __name__: that is "__main__" under python -m
 
 ENDPOINT_ERROR = "endpoint_error"
 
@@ -263,6 +263,7 @@ async def _run(
     log_every: float,
 ) -> RunCounts:
     from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     counts = RunCounts()
     bar = tqdm(total=todo, unit="passage", disable=not progress, dynamic_ncols=True, smoothing=0.05)
@@ -282,8 +283,8 @@ async def _run(
             counts.consecutive_endpoint_errors = (
                 counts.consecutive_endpoint_errors + 1 if reason == ENDPOINT_ERROR else 0
             )
-            bar.update(1)
             bar.set_postfix(accepted=counts.accepted, rejected=counts.rejected, retries=client.retries, refresh=False)
+            bar.update(1)
             if counts.consecutive_endpoint_errors >= max_consecutive_endpoint_errors:
                 raise UnifyError(
                     f"the endpoint failed {counts.consecutive_endpoint_errors} passages in a row (last: "
@@ -295,21 +296,22 @@ async def _run(
                 done = counts.accepted + counts.rejected
                 rate = done / (last_log - started)
                 log.info(
-                    "%d/%d passages (%d accepted, %d rejected), %.2f/s, about %.0f min left",
+                    "%d/%d passages (%d accepted, %d rejected), %.2f/s, about %s left",
                     done,
                     todo,
                     counts.accepted,
                     counts.rejected,
                     rate,
-                    (todo - done) / rate / 60 if rate else float("nan"),
+                    _duration((todo - done) / rate) if rate else "?",
                 )
 
     tasks = [asyncio.create_task(worker()) for _ in range(workers)]
     try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        with logging_redirect_tqdm():  # log lines print above the bar instead of through it
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         for task in done:
             if task.exception() is not None:
                 raise task.exception()
@@ -318,6 +320,12 @@ async def _run(
             task.cancel()
         bar.close()
     return counts
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 # ----- config -----
@@ -461,7 +469,7 @@ def unify(cfg: DictConfig) -> dict[str, Any]:
     question = _settings(QuestionSettings, cfg.question)
     answer = _settings(AnswerSettings, cfg.answer)
     output, rejected = Path(cfg.output), rejected_path(cfg)
-    log.info("config:\n%s", OmegaConf.to_yaml(cfg))
+    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     log.info(
         "API key: %s",
         f"read from ${endpoint.api_key_env}"
