@@ -314,6 +314,14 @@ def test_input_formats(tmp_path):
     assert [t for _, t in texts(paragraphs, text_unit="paragraph")] == ["甲一\n甲二", "乙"]
     assert texts(table) == [("r1", "行一"), ("r2", "行二")]
     assert [loc for loc, _ in iter_passages([lines], reader)] == [f"{lines}:1", f"{lines}:3"]
+    # Several files read as one input: positions (and so derived ids) run on across files.
+    both = [u.id for _, u in iter_passages([strings, lines], reader)]
+    assert both == [
+        derived_id(0, "第一段。"),
+        derived_id(1, "第二段。"),
+        derived_id(2, "第一行"),
+        derived_id(3, "第二行"),
+    ]
     # Derived ids change with the text, so an edited file never passes a new passage off as finished.
     assert derived_id(0, "a") != derived_id(0, "b") and derived_id(0, "a") == derived_id(0, "a")
 
@@ -353,6 +361,7 @@ def test_bad_config_is_one_error_naming_every_key(tmp_path):
             "answer.jaccard_threshold=2",
             "split.max_chars=10",
             "endpoint.max_concurrency=0",
+            "+answer.params.stream=true",
             f"output={DEMO}",
         )
         with pytest.raises(InputError) as err:
@@ -366,6 +375,7 @@ def test_bad_config_is_one_error_naming_every_key(tmp_path):
         "split.max_chars=10",
         "endpoint.max_concurrency=0",
         "would overwrite an input",
+        "answer.params sets ['stream']",
     ):
         assert key in message
 
@@ -419,3 +429,17 @@ def test_split_passage_keeps_every_character_in_paragraph_sized_chunks():
     assert split_passage("短。\n\n也短。\n\n" + "长" * 90, 100, 20) == ["短。\n\n也短。\n\n" + "长" * 90]
     assert split_passage("短。\n\n也短。\n\n" + "长" * 95, 100, 20) == ["短。\n\n也短。", "长" * 95]
     assert split_passage("没" * 250, max_chars=100, min_chars=10) == ["没" * 100, "没" * 100, "没" * 50]
+
+
+def test_several_input_files_and_a_text_corpus(tmp_path):
+    first = write_jsonl(tmp_path / "a.jsonl", [{"id": "a1", "text": "头痛。"}, {"id": "a2", "text": "发热。"}])
+    second = tmp_path / "b.txt"
+    second.write_text("第一段第一行\n第一段第二行\n\n第二段\n", encoding="utf-8")
+    with CannedServer(simple_reply) as server:
+        stats = unify(
+            config(tmp_path, server.base_url, first, f"input=[{first},{second}]", "reader.text_unit=paragraph")
+        )
+    accepted, _ = assert_each_id_once(
+        tmp_path, {"a1", "a2", derived_id(2, "第一段第一行\n第一段第二行"), derived_id(3, "第二段")}
+    )
+    assert stats["accepted"] == 4 and {r["text"] for r in accepted} >= {"第一段第一行\n第一段第二行", "第二段"}
