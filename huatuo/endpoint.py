@@ -177,7 +177,7 @@ class ChatClient:
         """One chat completion; retries transport failures, raises EndpointError when it gives up."""
         started = time.perf_counter()
         merged = {**self.settings.params, **params}
-        last_kind = "unknown"
+        last_kind, last_error = "unknown", ""
         for attempt in range(1, self.settings.max_attempts + 1):
             if (pause := self._not_before - time.monotonic()) > 0:
                 await self._sleep(pause)
@@ -203,9 +203,10 @@ class ChatClient:
                 )
             except Exception as error:  # noqa: BLE001 - classified below; programming errors re-raise
                 last_kind, retryable = classify(error)
+                last_error = _describe(error)
                 self.failures[last_kind] += 1
                 if not retryable:
-                    message = self.redact(f"request failed ({last_kind}): {_describe(error)}")
+                    message = self.redact(f"request failed ({last_kind}): {last_error}")
                     raise EndpointError(message, last_kind) from None
                 if attempt == self.settings.max_attempts:
                     break
@@ -214,7 +215,8 @@ class ChatClient:
                 if last_kind == "http 429" and retry_after_seconds(error) is not None:
                     self._not_before = max(self._not_before, time.monotonic() + wait)
                 await self._sleep(wait)
-        raise EndpointError(f"gave up after {self.settings.max_attempts} attempts (last: {last_kind})", last_kind)
+        message = f"gave up after {self.settings.max_attempts} attempts (last: {last_kind}: {last_error[:200]})"
+        raise EndpointError(self.redact(message), last_kind)
 
     def redact(self, text: str) -> str:
         """``text`` with the API key, and anything shaped like a key, replaced by ``***``."""

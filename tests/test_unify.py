@@ -271,6 +271,9 @@ def test_an_endpoint_that_keeps_failing_stops_the_run(tmp_path):
             )
     accepted, rejected = outputs(tmp_path)
     assert len(accepted) == 2 and len(rejected) == 3 and {r["reason"] for r in rejected} == {"endpoint_error"}
+    assert all(
+        "gave up after 2 attempts (last: http 503: " in r["detail"] and "overloaded" in r["detail"] for r in rejected
+    )
     assert len(server.bodies) == 4 + 3 * 2
 
 
