@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 import os
 
-from lightning.pytorch.utilities import rank_zero_only
-
 
 def _rank() -> int:
-    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+    # Lightning, torchrun and SLURM all export the global rank before the processes import anything of ours.
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
         if key in os.environ:
             return int(os.environ[key])
-    return getattr(rank_zero_only, "rank", 0) or 0
+    return 0
 
 
 class _RankZeroFilter(logging.Filter):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -55,6 +56,8 @@ def transformers_serve(model_dir: Path, startup_timeout: float = 180.0) -> Itera
     port = free_port()
     executable = shutil.which("transformers", path=str(Path(sys.executable).parent)) or "transformers"
     log = (model_dir.parent / f"serve-{port}.log").open("w")
+    # One intra-op thread: on a small shared machine the default thread pool makes tiny-model serving ~20x slower.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
         [
             executable,
@@ -71,6 +74,7 @@ def transformers_serve(model_dir: Path, startup_timeout: float = 180.0) -> Itera
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        env=env,
     )
     base = f"http://127.0.0.1:{port}"
     try:
