@@ -187,19 +187,19 @@ def read_answer(record: Mapping, options: Mapping[str, str], cop_base: int | Non
         value = "".join(normalize_text(v) for v in value)
     text = normalize_text(value)
     letters = _ANSWER_SEPARATORS.sub("", text).upper()
-    if not re.fullmatch(r"[A-Z]+", letters):
-        matching = [letter for letter, option in options.items() if option == text]
-        if len(matching) == 1:  # MedQA's "answer" holds the option text
-            return matching[0]
-        raise RecordError(f"answer {text[:40]!r} is neither option letters nor the text of exactly one option")
-    answer = "".join(sorted(set(letters)))
-    missing = [letter for letter in answer if letter not in options]
-    if missing:
+    is_letters = re.fullmatch(r"[A-Z]+", letters) is not None
+    if is_letters and all(letter in options for letter in letters):
+        return "".join(sorted(set(letters)))
+    matching = [letter for letter, option in options.items() if option == text]
+    if len(matching) == 1:  # MedQA's "answer" holds the option text
+        return matching[0]
+    if is_letters and len(letters) <= max(len(options), 1):
+        missing = "".join(sorted({letter for letter in letters if letter not in options}))
         raise RecordError(
-            f"answer {answer!r} names option(s) {''.join(missing)} that the record does not have "
+            f"answer {text!r} names option(s) {missing} that the record does not have "
             f"(options: {''.join(options) or 'none'}; empty options are dropped)"
         )
-    return answer
+    raise RecordError(f"answer {text[:40]!r} is neither option letters nor the text of exactly one option")
 
 
 def record_to_question(
@@ -328,7 +328,7 @@ def load_exam(
 ) -> Exam:
     """Read an exam file or folder (any layout of this module's docstring) into normalised questions.
 
-    ``dataset`` names the questions (default: the file's stem, or the folder's name for a folder);
+    ``dataset`` names the questions (default: each file's stem; the folder's name for a folder of per-subject CSVs);
     ``subjects`` keeps only those subjects (for CMMLU/C-Eval folders: file stems without the split suffix);
     ``answers`` fills records that carry no answer, by id (see ``read_answer_file``).
     """
@@ -339,11 +339,12 @@ def load_exam(
     wanted = {normalize_text(s) for s in subjects} if subjects else None
     exam, problems = Exam(), []
     for file in files:
-        file_subject = _subject_of_file(file) if root.is_dir() else ""
-        if wanted is not None and root.is_dir() and file.suffix == ".csv" and file_subject not in wanted:
+        per_subject = root.is_dir() and file.suffix == ".csv"  # CMMLU / C-Eval: one CSV per subject
+        file_subject = _subject_of_file(file) if per_subject else ""
+        if wanted is not None and per_subject and file_subject not in wanted:
             continue
         for group, records in raw_records(file).items():
-            name = group or dataset or (root.name if root.is_dir() else file.stem)
+            name = group or dataset or (root.name if per_subject else file.stem)
             base = cop_base if cop_base is not None else _detect_cop_base(records)
             for index, record in enumerate(records):
                 source = f"{file}:{group}[{index}]" if group else f"{file}:{index}"
