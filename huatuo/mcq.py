@@ -68,6 +68,58 @@ def _encode_all(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False).input_ids if texts else []
 
 
+SEAM_CHARS = 16  # context characters re-tokenized together with each candidate
+
+
+def _continuations(tokenizer, contexts, context_ids, all_candidates) -> list[list[list[int]]]:
+    """Each candidate's token ids as the model would write it after its context.
+
+    Appending a candidate changes the tokenization only at the end of the context, and every exam prompt ends the
+    same way (``\n<答>：答案是``), so each distinct (context tail, candidate) pair is tokenized once instead of
+    every context + candidate string. A context is tokenized in full with its candidates when its tail does not
+    reproduce its own last tokens, and every tail is checked once against the full tokenization.
+    """
+    tails = [context[-SEAM_CHARS:] for context in contexts]
+    distinct = sorted(set(tails))
+    tail_ids = dict(zip(distinct, _encode_all(tokenizer, distinct), strict=True))
+    pairs = sorted({(tail, c) for tail, cands in zip(tails, all_candidates, strict=True) for c in cands})
+    seam = dict(zip(pairs, _encode_all(tokenizer, [tail + c for tail, c in pairs]), strict=True))
+
+    def from_seam(i: int) -> list[list[int]] | None:
+        ids, ctx = tail_ids[tails[i]], context_ids[i]
+        if not ids or ctx[len(ctx) - len(ids) :] != ids:
+            return None
+        out = []
+        for c in all_candidates[i]:
+            joined = seam[(tails[i], c)]
+            if joined[: len(ids)] != ids or len(joined) == len(ids):
+                return None
+            out.append(joined[len(ids) :])
+        return out
+
+    def in_full(indices: list[int]) -> dict[int, list[list[int]]]:
+        texts = [contexts[i] + c for i in indices for c in all_candidates[i]]
+        encoded, cursor, out = _encode_all(tokenizer, texts), 0, {}
+        for i in indices:
+            prefix, conts = context_ids[i], []
+            for c in all_candidates[i]:
+                full = encoded[cursor]
+                cursor += 1
+                if full[: len(prefix)] == prefix and len(full) > len(prefix):
+                    conts.append(full[len(prefix) :])
+                else:  # the candidate merged into the context's last token: score its own tokens
+                    conts.append(_encode_all(tokenizer, [c])[0])
+            out[i] = conts
+        return out
+
+    result = [from_seam(i) for i in range(len(contexts))]
+    first_of_tail = {tail: tails.index(tail) for tail in distinct}
+    checked = in_full([i for i in first_of_tail.values() if result[i] is not None])
+    trusted = {tail for tail, i in first_of_tail.items() if result[i] is not None and checked[i] == result[i]}
+    fallback = in_full([i for i in range(len(contexts)) if result[i] is None or tails[i] not in trusted])
+    return [fallback.get(i, result[i]) for i in range(len(contexts))]
+
+
 @dataclass
 class _Item:
     index: int
@@ -89,19 +141,11 @@ def _plan(loaded: LoadedModel, questions: Sequence[Question], contexts: Sequence
             )
         suffix = settings.terminator if question.multi else ""
         all_candidates.append([c + suffix for c in candidates])
-    texts = list(contexts) + [ctx + c for ctx, cands in zip(contexts, all_candidates, strict=True) for c in cands]
-    encoded = _encode_all(tokenizer, texts)
-    context_ids, cursor, items = encoded[: len(contexts)], len(contexts), []
+    context_ids = _encode_all(tokenizer, list(contexts))
+    all_continuations = _continuations(tokenizer, contexts, context_ids, all_candidates)
+    items = []
     for i, (question, candidates) in enumerate(zip(questions, all_candidates, strict=True)):
-        prefix = context_ids[i]
-        continuations = []
-        for text in candidates:
-            full = encoded[cursor]
-            cursor += 1
-            if full[: len(prefix)] == prefix and len(full) > len(prefix):
-                continuations.append(full[len(prefix) :])
-            else:  # the candidate merged with the context at the seam: score its own tokens
-                continuations.append(_encode_all(tokenizer, [text])[0])
+        prefix, continuations = context_ids[i], all_continuations[i]
         fast = (
             not question.multi
             and all(len(c) == 1 for c in continuations)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ import huatuo
 from huatuo.answers import _cut_at_next_turn, generate_texts
 from huatuo.exams import load_exam, mcq_prompt
 from huatuo.inference import load_for_inference
-from huatuo.mcq import LoglikSettings, candidate_sets, score_loglik
+from huatuo.mcq import LoglikSettings, _continuations, candidate_sets, score_loglik
 from tests.servers import make_tiny_checkpoint
 
 
@@ -97,3 +99,35 @@ def test_a_reply_stops_where_the_model_starts_the_next_user_turn():
     assert _cut_at_next_turn("答案是B。\n<问>：下一题") == "答案是B。"
     assert _cut_at_next_turn("答案是B。<问>：") == "答案是B。"
     assert _cut_at_next_turn("  答案是B。 ") == "答案是B。"
+
+
+class CharTokenizer:
+    """One token per character, with two non-local quirks that break the shortcut of tokenizing only the seam."""
+
+    def __call__(self, texts, add_special_tokens=False):
+        return SimpleNamespace(input_ids=[self.encode(t) for t in texts])
+
+    @staticmethod
+    def encode(text: str) -> list[int]:
+        ids = [ord(c) for c in text]
+        if text.startswith("#") and ids:  # the last token depends on the first character
+            ids[-1] += 5 * 10**6
+        if text.startswith("!") and text.endswith("A"):  # the candidate's token depends on the first character
+            ids[-1] += 10**7
+        return ids
+
+
+def test_candidate_tokenization_matches_tokenizing_every_full_string():
+    tokenizer = CharTokenizer()
+    shared_tail = "x" * 20 + "答案是"
+    contexts = ["!" + shared_tail, shared_tail, "#" + "y" * 20 + "答案是", "z" * 20 + "答案：", "w" * 25 + "答案："]
+    candidates = [["A", "B"], ["A", "B"], ["A", "B"], ["A", "BC。"], ["A", "B"]]
+    context_ids = [tokenizer.encode(c) for c in contexts]
+
+    def full(context, candidate):
+        prefix, ids = tokenizer.encode(context), tokenizer.encode(context + candidate)
+        return ids[len(prefix) :] if ids[: len(prefix)] == prefix else tokenizer.encode(candidate)
+
+    expected = [[full(ctx, c) for c in cands] for ctx, cands in zip(contexts, candidates, strict=True)]
+    assert expected[0][0] == [ord("A") + 10**7]  # the shortcut alone would have said [ord("A")] here
+    assert _continuations(tokenizer, contexts, context_ids, candidates) == expected
