@@ -77,7 +77,7 @@ def _continuations(tokenizer, contexts, context_ids, all_candidates) -> list[lis
     Appending a candidate changes the tokenization only at the end of the context, and every exam prompt ends the
     same way (``\n<答>：答案是``), so each distinct (context tail, candidate) pair is tokenized once instead of
     every context + candidate string. A context is tokenized in full with its candidates when its tail does not
-    reproduce its own last tokens, and every tail is checked once against the full tokenization.
+    reproduce its own last tokens, and each (tail, candidate list) is checked once against the full tokenization.
     """
     tails = [context[-SEAM_CHARS:] for context in contexts]
     distinct = sorted(set(tails))
@@ -113,10 +113,11 @@ def _continuations(tokenizer, contexts, context_ids, all_candidates) -> list[lis
         return out
 
     result = [from_seam(i) for i in range(len(contexts))]
-    first_of_tail = {tail: tails.index(tail) for tail in distinct}
-    checked = in_full([i for i in first_of_tail.values() if result[i] is not None])
-    trusted = {tail for tail, i in first_of_tail.items() if result[i] is not None and checked[i] == result[i]}
-    fallback = in_full([i for i in range(len(contexts)) if result[i] is None or tails[i] not in trusted])
+    keys = [(tails[i], tuple(all_candidates[i])) for i in range(len(contexts))]
+    first = {key: keys.index(key) for key in set(keys)}  # one full check per tail and candidate list
+    checked = in_full([i for i in first.values() if result[i] is not None])
+    trusted = {key for key, i in first.items() if result[i] is not None and checked[i] == result[i]}
+    fallback = in_full([i for i in range(len(contexts)) if result[i] is None or keys[i] not in trusted])
     return [fallback.get(i, result[i]) for i in range(len(contexts))]
 
 
@@ -171,7 +172,7 @@ def _result(item: _Item, scores: list[float], path: str) -> LoglikResult:
     return LoglikResult(item.candidates[best], dict(zip(item.candidates, scores, strict=True)), path)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def score_loglik(
     loaded: LoadedModel,
     questions: Sequence[Question],
