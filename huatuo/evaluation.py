@@ -30,6 +30,7 @@ from huatuo.answers import (
 )
 from huatuo.exams import Exam, load_exam, load_hub_exam, mcq_prompt, read_answer_file
 from huatuo.inference import LoadedModel, load_for_inference, pick_device
+from huatuo.judge import JudgeItem
 from huatuo.logs import get_logger
 from huatuo.mcq import LoglikSettings, score_loglik
 from huatuo.readback import read_answer
@@ -206,8 +207,11 @@ def load_suite(ev: DictConfig) -> Exam:
                 )
                 exam.extend(part)
         if subjects:
-            exam.questions = [q for q in exam.questions if q.subject in set(subjects)]
+            kept = [q for q in exam.questions if q.subject in set(subjects)]
+            exam.filtered += len(exam.questions) - len(kept)
+            exam.questions = kept
     if ev.get("limit"):
+        exam.filtered += max(0, len(exam.questions) - int(ev.limit))
         exam.questions = exam.questions[: int(ev.limit)]
     if not exam.questions:
         raise EvalConfigError(f"suite {ev.get('name')!r} has no questions left (check eval.data / eval.subjects)")
@@ -285,6 +289,7 @@ def evaluate_exam(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "model": model_name,
         "skipped": len(exam.skipped),
         "open_items": exam.open_items,
+        "filtered": exam.filtered,
         "summary": summary,
         "settings": OmegaConf.to_container(ev.loglik if ev.mode == "loglik" else ev.generate, resolve=True),
         "files": files,
@@ -327,10 +332,10 @@ def _side_answers(
     return answers
 
 
-def build_items(questions: list[OpenQuestion] | None, a: Answers, b: Answers):
+def build_items(
+    questions: list[OpenQuestion] | None, a: Answers, b: Answers
+) -> tuple[list[JudgeItem], list[dict[str, str]]]:
     """Pair the two answer sets by question id; returns (items, unmatched ids with the reason)."""
-    from huatuo.judge import JudgeItem
-
     if questions is None:
         questions = [OpenQuestion(id=qid, turns=a.turns[qid]) for qid in a.replies]
     items, unmatched = [], []

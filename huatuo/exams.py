@@ -85,12 +85,14 @@ class Exam:
     questions: list[Question] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)  # {source, reason}
     open_items: int = 0  # records without options in the HuatuoGPT-II layout (open questions, not scored)
+    filtered: int = 0  # readable questions left out on purpose (eval.subjects, eval.limit)
 
     def extend(self, other: Exam) -> None:
         """Append another exam's questions and counts."""
         self.questions += other.questions
         self.skipped += other.skipped
         self.open_items += other.open_items
+        self.filtered += other.filtered
 
 
 def normalize_text(value: Any) -> str:
@@ -365,6 +367,8 @@ def load_exam(
                     continue
                 if wanted is None or question.subject in wanted:
                     exam.questions.append(question)
+                else:
+                    exam.filtered += 1
     _settle(exam, problems, on_error)
     return exam
 

@@ -94,8 +94,9 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"# {results['suite']} ({results['mode']} mode)",
         "",
         f"- model: `{results['model']}`",
-        f"- questions scored: {s['n']}; skipped while reading: {results['skipped']}; "
-        f"open items not scored: {results['open_items']}",
+        f"- questions scored: {s['n']}; unreadable records skipped: {results['skipped']}; "
+        f"open items not scored: {results['open_items']}; "
+        f"left out by eval.subjects/limit: {results.get('filtered', 0)}",
         f"- **accuracy: {_pct(s['accuracy'])}%** (95% CI {_pct(low)}–{_pct(high)}; "
         f"macro over datasets {_pct(s['macro_accuracy'])}%)",
         f"- miss rate: {_pct(s['miss_rate'])}% ({s['misses']} replies no rule could read; scored wrong, never guessed)",

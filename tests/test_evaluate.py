@@ -129,3 +129,37 @@ def test_evaluate_script_runs_from_the_command_line(tmp_path, tiny_export):
     assert "accuracy" in result.stderr + result.stdout
     assert json.loads((run / "results.json").read_text())["summary"]["n"] == 6
     assert (run / "metrics.csv").is_file()
+
+
+def test_named_suites_read_their_hub_splits_through_the_same_record_reader(tmp_path, monkeypatch):
+    """No network: datasets.load_dataset is replaced by a recorder that serves rows in each hub's layout."""
+    import datasets
+
+    from huatuo.evaluation import load_suite
+
+    calls = []
+
+    def fake_load_dataset(repo, name=None, split=None, revision=None):
+        calls.append((repo, name, split, revision))
+        if repo == "haonan-li/cmmlu":
+            return [{"Question": f"{name} 题", "A": "a", "B": "b", "C": "c", "D": "d", "Answer": "C"}]
+        if repo == "openlifescienceai/medmcqa":
+            row = {"question": "q", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "subject_name": "Anatomy"}
+            return [{**row, "cop": 0}, {**row, "cop": 3}]
+        return [{"question": "题干", "option": {"A": "甲", "B": "乙"}, "answer": "B", "question_type": "最佳选择题"}]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    cmmlu = load_suite(config(tmp_path, "eval=cmmlu_med").eval)
+    assert [c[1] for c in calls] == list(config(tmp_path, "eval=cmmlu_med").eval.subjects)
+    assert {c[0] for c in calls} == {"haonan-li/cmmlu"} and {c[3] for c in calls} == {"refs/convert/parquet"}
+    assert {q.dataset for q in cmmlu.questions} == {"cmmlu"} and len({q.subject for q in cmmlu.questions}) == 9
+
+    calls.clear()
+    medmcqa = load_suite(config(tmp_path, "eval=medmcqa").eval)
+    assert calls == [("openlifescienceai/medmcqa", None, "validation", None)]
+    assert [q.answer for q in medmcqa.questions] == ["A", "D"] and medmcqa.questions[0].subject == "Anatomy"
+
+    calls.clear()
+    pharmacist = load_suite(config(tmp_path, "eval=pharmacist", "eval.limit=1").eval)
+    assert [c[0].rsplit("-", 1)[-1] for c in calls] == ["Pharmacy_track", "TCM_track"]
+    assert len(pharmacist.questions) == 1 and pharmacist.filtered == 1  # every question accounted for
