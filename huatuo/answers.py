@@ -18,19 +18,7 @@ from typing import Any
 import torch
 
 from huatuo.inference import LoadedModel
-from huatuo.logs import get_logger
 from huatuo.template import USER_PREFIX
-
-log = get_logger(__name__)
-
-# The paper's chat decoding (DESIGN.md); exams use temperature 0.5 (conf/eval/*.yaml sets it).
-CHAT_GENERATION = {
-    "do_sample": True,
-    "temperature": 0.3,
-    "top_p": 0.7,
-    "repetition_penalty": 1.1,
-    "max_new_tokens": 1024,
-}
 
 
 class AnswerFileError(ValueError):
@@ -119,7 +107,7 @@ def read_questions(path: str | Path, turns: str = "any") -> list[OpenQuestion]:
         if not isinstance(user_turns, list) or not user_turns or not all(isinstance(t, str) and t for t in user_turns):
             problems.append(f"{where}: needs a non-empty 'question' string or a 'turns' list of strings")
             continue
-        if turns == "single" and len(user_turns) != 1 or turns == "multi" and len(user_turns) < 2:
+        if (turns == "single" and len(user_turns) != 1) or (turns == "multi" and len(user_turns) < 2):
             continue
         questions.append(OpenQuestion(id=str(record["id"]), turns=list(user_turns)))
     ids = [q.id for q in questions]

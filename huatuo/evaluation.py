@@ -28,7 +28,7 @@ from huatuo.answers import (
     read_questions,
     write_answers,
 )
-from huatuo.exams import Exam, load_exam, load_hub_exam, mcq_prompt, read_answer_file
+from huatuo.exams import Exam, Question, load_exam, load_hub_exam, mcq_prompt, read_answer_file
 from huatuo.inference import LoadedModel, load_for_inference, pick_device
 from huatuo.judge import JudgeItem
 from huatuo.logs import get_logger
@@ -150,6 +150,7 @@ def load_evaluated_model(cfg: DictConfig, path: str | None = None) -> tuple[Load
     backbone = cfg.backbone
     if backbone.model.get("path"):
         options["trust_remote_code"] = bool(backbone.model.get("trust_remote_code", False))
+        options["revision"] = backbone.model.get("revision")
         loaded = load_for_inference(str(backbone.model.path), **options)
         if backbone.tokenizer.get("path") and backbone.tokenizer.path != backbone.model.path:
             loaded.tokenizer = instantiate(backbone.tokenizer)
@@ -241,7 +242,9 @@ def run_exam(cfg: DictConfig, loaded: LoadedModel, exam: Exam) -> list[dict[str,
     return rows
 
 
-def _row(question, prompt: str, reply: str | None, letters: str, rule: str | None, scores) -> dict[str, Any]:
+def _row(
+    question: Question, prompt: str, reply: str | None, letters: str, rule: str | None, scores: dict | None
+) -> dict[str, Any]:
     return {
         "uid": question.uid,
         "dataset": question.dataset,

@@ -27,7 +27,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -435,8 +435,6 @@ def _check_unique(exam: Exam) -> None:
 
 
 def _with_uid(question: Question, uid: str) -> Question:
-    from dataclasses import replace
-
     return replace(question, uid=uid)
 
 
