@@ -215,7 +215,9 @@ def _prompt_pass(model, device, ids: torch.Tensor, mask: torch.Tensor, use_cache
     """Log-probabilities of the next token after each row's last real token (and the cache when asked)."""
     last_index = mask.sum(dim=1) - 1
     keep, where = torch.unique(last_index, return_inverse=True)  # the LM head runs on these positions only
-    kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "use_cache": use_cache}
+    # No attention mask: pads sit to the right of every real token and causal attention never looks right, so
+    # the mask would change nothing here, while leaving it out keeps the fused causal attention kernel.
+    kwargs = {"input_ids": ids.to(device), "use_cache": use_cache}
     try:
         out = model(**kwargs, logits_to_keep=keep.to(device), return_dict=True)
         logits = out.logits[torch.arange(len(ids)), where.to(device)]
