@@ -163,8 +163,7 @@ def load_evaluated_model(cfg: DictConfig, path: str | None = None) -> tuple[Load
     return LoadedModel(model=model, tokenizer=tokenizer, device=device), f"{backbone.get('name')} (random init)"
 
 
-def _free(loaded: LoadedModel | None) -> None:
-    del loaded
+def _release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -310,9 +309,8 @@ def evaluate_exam(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _side_answers(
-    cfg: DictConfig, side: str, questions: list[OpenQuestion], run_dir: Path, default_model: bool
-) -> Answers:
+def _side_answers(cfg: DictConfig, side: str, questions: list[OpenQuestion], run_dir: Path) -> Answers:
+    """One side's answers: its answer file, answers generated earlier in this run folder, or generated now."""
     spec = cfg.eval[side]
     name = spec.get("name") or side
     if spec.get("answers"):
@@ -323,14 +321,15 @@ def _side_answers(
         if all(len(cached.replies.get(q.id, [])) == len(q.turns) for q in questions):
             log.info("reusing %s answers from %s", side, cache)
             return cached
-    loaded, model_name = load_evaluated_model(cfg, spec.get("model_path") if not default_model else None)
+    loaded, _ = load_evaluated_model(cfg, spec.get("model_path"))  # no model_path: the evaluated model
     total = sum(len(q.turns) for q in questions)
     generation = OmegaConf.to_container(cfg.eval.generation, resolve=True)
     with _progress(cfg, total, f"answers {name}") as bar:
         answers = generate_answers(
             loaded, questions, cfg.batch_size, generation, model_name=name, seed=cfg.seed, progress=bar.update
         )
-    _free(loaded)
+    del loaded
+    _release_memory()  # the other side's model may need the memory next
     write_answers(answers, cache)
     return answers
 
@@ -363,8 +362,8 @@ def evaluate_judge(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if questions is not None and ev.get("limit"):
         questions = questions[: int(ev.limit)]
     generated = questions or []
-    answers_a = _side_answers(cfg, "model_a", generated, run_dir, default_model=not ev.model_a.get("model_path"))
-    answers_b = _side_answers(cfg, "model_b", generated, run_dir, default_model=False)
+    answers_a = _side_answers(cfg, "model_a", generated, run_dir)
+    answers_b = _side_answers(cfg, "model_b", generated, run_dir)
     items, unmatched = build_items(questions, answers_a, answers_b)
     if not items:
         raise EvalConfigError(f"no question has answers from both models ({len(unmatched)} unmatched); check the files")
