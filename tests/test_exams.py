@@ -1,0 +1,282 @@
+"""Exam loaders on small files in every published layout (questions invented for these tests), and the prompt."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import huatuo
+from huatuo.exams import ExamDataError, load_exam, mcq_prompt, read_answer_file, record_to_question
+
+OPTIONS = {"A": "维生素A", "B": "维生素B1", "C": "维生素C", "D": "维生素D", "E": "维生素K"}
+
+
+def write_json(path, data):
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def write_jsonl(path, records):
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n", encoding="utf-8")
+    return path
+
+
+def write_csv(path, header, rows):
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def test_demo_exam_loads_with_its_types_subjects_and_answer_counts():
+    exam = load_exam(huatuo.asset_path("demo/exam_demo.json"), dataset="demo")
+    questions = exam.questions
+    assert len(questions) == 48 and not exam.skipped
+    assert sum(q.multi for q in questions) == 12
+    assert {q.question_type for q in questions} == {"最佳选择题", "多项选择题"}
+    assert len({q.subject for q in questions}) == 6
+    assert all(q.answer == "".join(sorted(q.answer)) for q in questions)
+    assert questions[0].uid == "demo/demo-001" and questions[0].answer == "B"
+
+
+def test_the_paper_prompt_byte_for_byte():
+    q = record_to_question(
+        {"question": "缺乏哪种维生素可致坏血病", "option": OPTIONS, "answer": "C", "question_type": "最佳选择题"},
+        "f:0",
+        "d",
+        "s",
+    )
+    assert mcq_prompt(q) == (
+        "请回答下面选择题。\n[最佳选择题]缺乏哪种维生素可致坏血病\n"
+        "A. 维生素A\nB. 维生素B1\nC. 维生素C\nD. 维生素D\nE. 维生素K"
+    )
+    untyped = record_to_question({"question": "Q?", "options": {"A": "x", "B": "y"}, "answer": "B"}, "f:1", "d", "s")
+    assert mcq_prompt(untyped) == "请回答下面选择题。\nQ?\nA. x\nB. y"
+
+
+def test_json_list_with_nfkc_normalisation_and_empty_options_dropped(tmp_path):
+    path = write_json(
+        tmp_path / "pharm.json",
+        [
+            {  # full-width letters and punctuation, an empty option E, answer with separators
+                "question": "下列关于药物的说法，正确的是（　）",
+                "option": {"Ａ": "选项一", "B": "选项二", "C": "选项三", "D": "选项四", "E": ""},
+                "answer": "Ａ、Ｃ",
+                "question_type": "多项选择题",
+            },
+            {"question": "单选题干", "option": {"A": "甲", "B": "乙", "C": "丙"}, "answer": "b"},
+        ],
+    )
+    first, second = load_exam(path).questions
+    assert first.question == "下列关于药物的说法,正确的是( )"
+    assert list(first.options) == ["A", "B", "C", "D"]  # E was empty: dropped, and not shown in the prompt
+    assert first.answer == "AC" and first.multi and first.answer_count == 2
+    assert first.dataset == "pharm" and first.uid == f"pharm/{path}:0"
+    assert second.answer == "B" and not second.multi and second.question_type is None
+
+
+def test_huatuo_evaluation_layout_groups_by_dataset_and_counts_open_items(tmp_path):
+    path = write_json(
+        tmp_path / "eval_qa.json",
+        {
+            "medqa_MCMLE": [{"question": "q1", "option": {"A": "a", "B": "b"}, "answer": "A"}],
+            "CMB_test": [
+                {
+                    "question": "q2",
+                    "option": {"A": "a", "B": "b", "C": "c"},
+                    "answer": "AC",
+                    "question_type": "多项选择题",
+                }
+            ],
+            "chat": [{"query": "an open question, scored elsewhere"}],
+        },
+    )
+    exam = load_exam(path)
+    assert [q.dataset for q in exam.questions] == ["medqa_MCMLE", "CMB_test"]
+    assert exam.open_items == 1 and not exam.skipped
+
+
+def test_cmb_json_with_its_fields_and_a_separate_answer_file(tmp_path):
+    questions = [
+        {
+            "id": 1,
+            "exam_type": "医师考试",
+            "exam_class": "执业医师",
+            "exam_subject": "内科",
+            "question": "题干一",
+            "question_type": "单项选择题",
+            "option": {"A": "甲", "B": "乙", "C": "丙", "D": "丁", "E": "戊"},
+        },
+        {
+            "id": 2,
+            "exam_type": "医师考试",
+            "exam_class": "执业医师",
+            "exam_subject": "外科",
+            "question": "题干二",
+            "question_type": "多项选择题",
+            "option": json.dumps({"A": "甲", "B": "乙", "C": "丙", "D": "丁"}, ensure_ascii=False),  # hub: a string
+        },
+    ]
+    path = write_json(tmp_path / "CMB-test-choice-question-merge.json", questions)
+    with pytest.raises(ExamDataError, match="no answer"):
+        load_exam(path)
+    answers = read_answer_file(
+        write_json(tmp_path / "answers.json", [{"id": 1, "answer": "D"}, {"id": 2, "answer": "ABD"}])
+    )
+    exam = load_exam(path, dataset="cmb", answers=answers)
+    assert [(q.uid, q.subject, q.answer, q.multi) for q in exam.questions] == [
+        ("cmb/1", "内科", "D", False),
+        ("cmb/2", "外科", "ABD", True),
+    ]
+    by_class = load_exam(path, dataset="cmb", answers=answers, subject_field="exam_class")
+    assert {q.subject for q in by_class.questions} == {"执业医师"}
+
+
+def test_cmmlu_and_ceval_csv_folders_one_file_per_subject(tmp_path):
+    cmmlu = tmp_path / "cmmlu" / "test"
+    cmmlu.mkdir(parents=True)
+    write_csv(
+        cmmlu / "anatomy.csv", ["", "Question", "A", "B", "C", "D", "Answer"], [[0, "题一", "a", "b", "c", "d", "B"]]
+    )
+    write_csv(
+        cmmlu / "arts.csv", ["", "Question", "A", "B", "C", "D", "Answer"], [[0, "题二", "a", "b", "c", "d", "A"]]
+    )
+    exam = load_exam(cmmlu, dataset="cmmlu", subjects=["anatomy"])
+    assert [(q.dataset, q.subject, q.answer) for q in exam.questions] == [("cmmlu", "anatomy", "B")]
+
+    ceval = tmp_path / "ceval" / "val"
+    ceval.mkdir(parents=True)
+    header = ["id", "question", "A", "B", "C", "D", "answer", "explanation"]
+    write_csv(ceval / "clinical_medicine_val.csv", header, [[0, "题三", "a", "b", "c", "d", "D", "解析"]])
+    write_csv(ceval / "physician_val.csv", header, [[0, "题四", "a", "b", "c", "d", "C", ""]])
+    exam = load_exam(ceval)
+    assert sorted((q.subject, q.answer) for q in exam.questions) == [("clinical_medicine", "D"), ("physician", "C")]
+    assert {q.dataset for q in exam.questions} == {"val"}  # a folder of per-subject CSVs is one dataset
+
+
+def test_cmexam_csv_with_options_in_one_cell(tmp_path):
+    path = write_csv(
+        tmp_path / "cmexam_test.csv",
+        ["Question", "Options", "Answer", "Explanation", "Clinical Department"],
+        [
+            ["单选题干", "A 甲药\nB 乙药\nC 丙药\nD 丁药\nE 戊药", "C", "解析", "内科"],
+            ["多选题干", "A. 甲\nB. 乙\nC. 丙\nD. 丁", "ABD", "", "外科"],
+        ],
+    )
+    exam = load_exam(path, subject_field="Clinical Department")
+    single, multi = exam.questions
+    assert single.options == {"A": "甲药", "B": "乙药", "C": "丙药", "D": "丁药", "E": "戊药"}
+    assert (single.answer, single.subject, multi.answer, multi.multi) == ("C", "内科", "ABD", True)
+
+
+def test_medqa_jsonl_prefers_answer_idx_and_reads_bigbio_option_lists(tmp_path):
+    path = write_jsonl(
+        tmp_path / "medqa_test.jsonl",
+        [
+            {
+                "question": "A 30-year-old presents with ...",
+                "answer": "Drug three",
+                "options": {"A": "Drug one", "B": "Drug two", "C": "Drug three", "D": "Drug four"},
+                "meta_info": "step1",
+                "answer_idx": "C",
+            },
+            {
+                "question": "Which finding ...",
+                "answer": "Finding two",
+                "options": [{"key": "A", "value": "Finding one"}, {"key": "B", "value": "Finding two"}],
+                "meta_info": "step2&3",
+            },
+        ],
+    )
+    first, second = load_exam(path).questions
+    assert first.answer == "C"
+    assert second.options == {"A": "Finding one", "B": "Finding two"} and second.answer == "B"  # by option text
+
+
+def test_medmcqa_cop_base_is_detected_per_file_or_asked_for(tmp_path):
+    def record(cop):
+        return {"question": "q", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": cop, "subject_name": "Anatomy"}
+
+    one_based = write_jsonl(tmp_path / "dev.json", [record(4), record(1)])  # GitHub release: .json holding JSON lines
+    assert [q.answer for q in load_exam(one_based).questions] == ["D", "A"]
+    zero_based = write_jsonl(tmp_path / "hub.jsonl", [record(0), record(1)])
+    assert [q.answer for q in load_exam(zero_based).questions] == ["A", "B"]
+    unknown = write_jsonl(tmp_path / "unknown.jsonl", [record(2)])
+    with pytest.raises(ExamDataError, match="cop_base"):
+        load_exam(unknown)
+    assert load_exam(unknown, cop_base=1).questions[0].answer == "B"
+    assert load_exam(zero_based).questions[0].subject == "Anatomy"
+
+
+def test_parquet_rows_read_like_any_other_layout(tmp_path):
+    table = pa.table(
+        {
+            "question": ["题一", "题二"],
+            "A": ["a", "a"],
+            "B": ["b", "b"],
+            "C": ["c", "c"],
+            "D": ["d", "d"],
+            "answer": ["A", "D"],
+        }
+    )
+    pq.write_table(table, tmp_path / "ceval-exam-val.parquet")
+    exam = load_exam(tmp_path / "ceval-exam-val.parquet", dataset="ceval")
+    assert [q.answer for q in exam.questions] == ["A", "D"]
+
+
+def test_malformed_records_are_reported_with_file_and_index_or_skipped_and_counted(tmp_path):
+    path = write_json(
+        tmp_path / "bad.json",
+        [
+            {"question": "fine", "option": {"A": "x", "B": "y"}, "answer": "A"},
+            {"question": "", "option": {"A": "x", "B": "y"}, "answer": "A"},
+            {"question": "answer not an option", "option": {"A": "x", "B": "y"}, "answer": "E"},
+            {"question": "empty option named as answer", "option": {"A": "x", "B": "y", "C": ""}, "answer": "C"},
+            {"question": "no answer", "option": {"A": "x", "B": "y"}},
+            {"question": "one option", "option": {"A": "x", "B": ""}, "answer": "A"},
+            "not an object",
+        ],
+    )
+    with pytest.raises(ExamDataError) as err:
+        load_exam(path)
+    message = str(err.value)
+    assert "6 record(s)" in message and "eval.on_error=skip" in message
+    for index, reason in [
+        (1, "no question text"),
+        (2, "answer 'E' names option(s) E"),
+        (3, "answer 'C' names option(s) C"),
+        (4, "no answer"),
+        (5, "only 1 non-empty option"),
+        (6, "expected an object"),
+    ]:
+        assert f"{path}:{index}: {reason}" in message
+    exam = load_exam(path, on_error="skip")
+    assert len(exam.questions) == 1
+    assert [s["source"] for s in exam.skipped] == [f"{path}:{i}" for i in range(1, 7)]
+
+
+def test_broken_json_line_and_missing_paths_name_the_place(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"question": "q", "option": {"A": "x", "B": "y"}, "answer": "A"}\n{"question": \n', "utf-8")
+    with pytest.raises(ExamDataError, match="broken.jsonl:2"):
+        load_exam(path)
+    with pytest.raises(ExamDataError, match="no such file or folder"):
+        load_exam(tmp_path / "missing.json")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ExamDataError, match="holds no"):
+        load_exam(tmp_path / "empty")
+
+
+def test_duplicate_ids_across_files_fall_back_to_file_and_index(tmp_path):
+    folder = tmp_path / "exam"
+    folder.mkdir()
+    record = {"id": 7, "question": "q", "option": {"A": "x", "B": "y"}, "answer": "A"}
+    write_json(folder / "a.json", [record])
+    write_json(folder / "b.json", [record])
+    exam = load_exam(folder, dataset="same")
+    assert len({q.uid for q in exam.questions}) == 2
