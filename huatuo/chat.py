@@ -28,13 +28,14 @@ from transformers import GenerationConfig, StoppingCriteriaList
 from huatuo.backbone import resolve_dtype
 from huatuo.inference import LoadedModel, device_problem, load_for_inference, model_path_problem
 from huatuo.logs import get_logger
-from huatuo.streaming import ReplyStreamer, StopWhen
+from huatuo.streaming import GenerationWorker, ReplyStreamer, StopWhen
 from huatuo.template import TURN_SEPARATOR, USER_PREFIX, ConversationError
 from huatuo.validate import ConfigError
 
 log = get_logger(__name__)
 
-Messages = Sequence[Mapping[str, Any]] | Sequence[str]
+# OpenAI-style messages, the builder's shorthand [q1, a1, q2], or one question as a plain string.
+Messages = Sequence[Mapping[str, Any]] | Sequence[str] | str
 
 
 class ContextTooLong(ValueError):
@@ -139,6 +140,8 @@ class ReplyStats:
 
 
 def _as_messages(messages: Messages) -> list[dict[str, Any]]:
+    if isinstance(messages, str):
+        return [{"role": "user", "content": messages}]
     if all(isinstance(m, str) for m in messages):  # [q1, a1, q2]: the builder's shorthand
         return [{"role": "user" if i % 2 == 0 else "assistant", "content": m} for i, m in enumerate(messages)]
     return [dict(m) for m in messages]
@@ -164,6 +167,7 @@ class HuatuoChat:
             raise ValueError("cannot tell this model's context length from its config or tokenizer; set max_context")
         self.last: ReplyStats | None = None
         self._stop = threading.Event()
+        self._worker = GenerationWorker()
 
     @classmethod
     def from_pretrained(
@@ -209,6 +213,9 @@ class HuatuoChat:
                 f"generation.max_new_tokens={reserve} leaves no room for a prompt in this model's context of {context} "
                 "tokens; lower generation.max_new_tokens (or set max_context if the model allows more)"
             )
+        ids = self.loaded.encode(self.loaded.render(messages))
+        if ids.shape[1] <= budget:  # the common case, one encode: everything fits
+            return FittedPrompt(messages, ids, 0)
         best: FittedPrompt | None = None
         for start in range(len(body) - 1, -1, -2):  # newest round first; stop at the first that does not fit
             kept = head + body[start:]
@@ -260,8 +267,7 @@ class HuatuoChat:
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
         stats = self.last = ReplyStats(prompt_tokens=fitted.input_ids.shape[1], dropped_rounds=fitted.dropped_rounds)
-        worker = threading.Thread(target=streamer.run, args=(self.loaded.model.generate, kwargs), daemon=True)
-        worker.start()
+        finished = self._worker.submit(streamer, self.loaded.model.generate, kwargs)
         try:
             for piece in streamer:
                 if stats.first_piece_s is None:
@@ -270,7 +276,7 @@ class HuatuoChat:
                 yield piece
         finally:  # also when the caller stops reading: end generation instead of leaving it running
             self._stop.set()
-            worker.join()
+            finished.wait()
             stats.new_tokens = len(streamer.ids)
             stats.seconds = time.perf_counter() - started
             if streamer.hit_stop_text:

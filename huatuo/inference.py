@@ -156,6 +156,9 @@ class LoadedModel:
 
     def encode(self, text: str) -> torch.Tensor:
         """Token ids of a rendered prompt, on the model's device (no extra special tokens: the prompt is complete)."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:  # the Rust tokenizer directly, as training's encoder does: ~3x less overhead
+            return torch.tensor([backend.encode(text, add_special_tokens=False).ids], device=self.device)
         ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
         return ids.to(self.device)
 

@@ -1,13 +1,16 @@
 """Streaming generated text out of ``model.generate``: incremental decoding, a stop flag, a stop text.
 
-``generate`` runs in a worker thread and pushes token ids into a ``ReplyStreamer``; the reader iterates over
-text pieces. Used by the chat (``huatuo.chat``) and by anything else that wants a reply as it is written.
+``generate`` runs on a ``GenerationWorker`` thread and pushes token ids into a ``ReplyStreamer``; the reader
+iterates over text pieces. Used by the chat (``huatuo.chat``) and by anything else that wants a reply as it is
+written.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,8 +32,9 @@ def _held_prefix(text: str, stop_text: str) -> int:
 class ReplyStreamer(BaseStreamer):
     """Receives generated ids from ``generate`` and hands out text pieces through a queue.
 
-    Decoding is incremental (only a short window of ids is decoded per token, so long replies stay cheap) and
-    ends with one full decode, so the pieces join to exactly ``tokenizer.decode(new_ids, skip_special_tokens=True)``.
+    Decoding is incremental (only a short window of ids is decoded per token, so long replies stay cheap; HF's
+    TextStreamer re-decodes the whole line every token) and ends with one full decode that settles what is left,
+    so the pieces join to ``tokenizer.decode(new_ids, skip_special_tokens=True)``.
     Text that could begin ``stop_text`` is held back until it is clear; if the model starts a new user turn the
     reply is cut there and generation stops.
     """
@@ -86,6 +90,10 @@ class ReplyStreamer(BaseStreamer):
         if buffer:
             self.text += buffer
             self._queue.put(buffer)
+            if len(self.text) == len(buffer):
+                # First text: hand the GIL to the reader now, or generate's loop may keep it for up to the 5 ms
+                # switch interval. Later pieces skip this (it costs ~0.1 ms a token); a few ms lag is invisible.
+                time.sleep(0)
 
     def end(self) -> None:
         """Flush what the incremental decode could not settle and close the stream (idempotent)."""
@@ -123,3 +131,31 @@ class StopWhen(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         return torch.full((input_ids.shape[0],), self.should_stop(), dtype=torch.bool, device=input_ids.device)
+
+
+def _serve(jobs: queue.Queue) -> None:
+    while (job := jobs.get()) is not None:
+        streamer, generate, kwargs, done = job
+        del job  # hold no reference to the model between jobs
+        streamer.run(generate, kwargs)
+        done.set()
+        del streamer, generate, kwargs, done
+
+
+class GenerationWorker:
+    """A long-lived daemon thread that runs ``generate`` jobs one after another.
+
+    Starting a fresh thread per reply adds its start-up (and, on a busy machine, a wait to be scheduled) to the
+    time to first token; this thread waits for work instead. It ends when the worker object is collected.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue = queue.Queue()
+        threading.Thread(target=_serve, args=(self._jobs,), daemon=True, name="huatuo-generate").start()
+        weakref.finalize(self, self._jobs.put, None)
+
+    def submit(self, streamer: ReplyStreamer, generate: Callable[..., Any], kwargs: dict[str, Any]) -> threading.Event:
+        """Queue ``streamer.run(generate, kwargs)``; the returned event is set when it has finished."""
+        done = threading.Event()
+        self._jobs.put((streamer, generate, kwargs, done))
+        return done

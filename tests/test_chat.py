@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import random
+import threading
+import time
+import weakref
 from types import SimpleNamespace
 
 import pytest
@@ -132,6 +136,7 @@ def test_streamed_pieces_join_to_the_reply_and_match_bare_generate(loaded):
     assert chat.last.pieces == len(pieces) and chat.last.new_tokens == 24 and chat.last.finish_reason == "length"
     reply = "".join(pieces)
     assert chat.chat(QUESTION) == reply  # greedy: the same reply without streaming
+    assert chat.chat("肚子疼怎么办？") == chat.chat(["肚子疼怎么办？"]) == reply  # shorthands
     ids = loaded.encode(build_prompt(QUESTION))
     bare = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), repetition_penalty=1.1, **GREEDY)
     assert reply == loaded.tokenizer.decode(bare[0, ids.shape[1] :], skip_special_tokens=True)
@@ -218,6 +223,20 @@ def test_abandoning_a_stream_stops_generation(tiny_tokenizer):
     next(stream)
     stream.close()
     assert chat.last.finish_reason == "stopped" and model.produced < len(model.ids)
+
+
+def test_a_dropped_chat_frees_its_model_and_its_thread(tiny_tokenizer):
+    chat, model = _scripted_chat(tiny_tokenizer, "多喝水。")
+    chat.chat(QUESTION)
+    model_ref, workers = weakref.ref(model), threading.active_count()
+    del chat, model
+    gc.collect()
+    assert model_ref() is None  # an evaluation loop that loads model after model does not pile them up
+    for _ in range(100):  # the generation thread ends once its chat is gone (bounded wait)
+        if threading.active_count() < workers:
+            break
+        time.sleep(0.05)
+    assert threading.active_count() == workers - 1
 
 
 # --- other models ---------------------------------------------------------------------------------------------
