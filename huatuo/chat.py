@@ -182,9 +182,13 @@ class HuatuoChat:
     ) -> HuatuoChat:
         """Load ``path`` (an export, a released HuatuoGPT2 folder, any HF chat model) with the paper's settings."""
         loaded = load_for_inference(
-            path, quantize=quantize, dtype=dtype, device=device, trust_remote_code=trust_remote_code
+            path,
+            quantize=quantize,
+            dtype=dtype,
+            device=device,
+            trust_remote_code=trust_remote_code,
+            max_context=max_context,
         )
-        loaded.max_context = max_context
         return cls(loaded, GenerationSettings().updated(**generation))
 
     @property
@@ -333,6 +337,11 @@ class ChatSession:
 
     def run(self) -> int:
         """Loop until ``stop`` or end of input; returns the exit status."""
+        if self.stdin is sys.stdin and self.stdin.isatty():
+            try:
+                import readline  # noqa: F401 - importing it gives input() line editing and history
+            except ImportError:  # Windows
+                pass
         self._write(BANNER.format(name=self.name) + "\n")
         while True:
             try:
@@ -358,19 +367,21 @@ class ChatSession:
         """Stream the answer to ``message``; Ctrl-C stops it (the part shown stays in the history)."""
         messages = [*self.history, {"role": "user", "content": message}]
         self._write(f"{self.name}：")
-        in_main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, lambda *_: self.chat.stop()) if in_main else None
+        handle_ctrl_c = threading.current_thread() is threading.main_thread()  # signals reach the main thread only
+        if handle_ctrl_c:
+            previous = signal.signal(signal.SIGINT, lambda *_: self.chat.stop())
         pieces: list[str] = []
         try:
             for piece in self.chat.chat(messages, stream=True):
                 pieces.append(piece)
                 self._write(piece)
-        except (ContextTooLong, ConversationError) as err:
+        except (ContextTooLong, ConversationError, torch.cuda.OutOfMemoryError) as err:
             self._write("\n")
-            print(f"[{err}]", file=sys.stderr, flush=True)
-            return None
+            hint = "; try quantize=4bit, clear, or a lower generation.max_new_tokens" if "memory" in str(err) else ""
+            print(f"[{str(err).strip()}{hint}]", file=sys.stderr, flush=True)
+            return None  # the session (and its history) goes on
         finally:
-            if previous is not None:
+            if handle_ctrl_c:
                 signal.signal(signal.SIGINT, previous)
         stats = self.chat.last
         self._write(" [已打断]\n" if stats.finish_reason == "stopped" else "\n")

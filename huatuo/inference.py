@@ -33,6 +33,10 @@ HUB_NAME = re.compile(r"^[\w.-]+/[\w.-]+$")
 _PROBE = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"}]
 
 
+class ModelLoadError(OSError):
+    """A model or tokenizer that ``transformers`` could not load (the message says from where and why)."""
+
+
 def pick_device(device: str = "auto") -> torch.device:
     """``auto`` (and ``split``) is the first CUDA device when there is one, else the CPU."""
     if device in ("auto", "split"):
@@ -186,7 +190,10 @@ def load_for_inference(
         raise ValueError(f"prompt_format={prompt_format!r}: use auto, huatuo or template")
     target = pick_device(device)
     torch_dtype = resolve_dtype(dtype) or (torch.bfloat16 if target.type == "cuda" else torch.float32)
-    tokenizer = load_tokenizer(tokenizer_path or path, trust_remote_code=trust_remote_code, revision=revision)
+    try:
+        tokenizer = load_tokenizer(tokenizer_path or path, trust_remote_code=trust_remote_code, revision=revision)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load a tokenizer from {tokenizer_path or path!r}: {err}") from err
     kwargs = {}
     if device == "split" and target.type == "cuda":
         kwargs["device_map"] = "auto"
@@ -200,8 +207,8 @@ def load_for_inference(
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch_dtype, trust_remote_code=trust_remote_code, revision=revision, **kwargs
         )
-    except OSError as err:
-        raise OSError(f"cannot load a model from {path!r}: {err}") from err
+    except (OSError, ValueError) as err:  # missing files, offline hub, an architecture transformers does not know
+        raise ModelLoadError(f"cannot load a model from {path!r}: {err}") from err
     if "device_map" not in kwargs:
         model.to(target)
     model.eval()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import io
+import json
 import random
 import threading
 import time
@@ -24,7 +25,7 @@ from huatuo.chat import (
     quote_override,
     run,
 )
-from huatuo.inference import LoadedModel, context_length, load_for_inference
+from huatuo.inference import LoadedModel, ModelLoadError, context_length, load_for_inference
 from huatuo.streaming import ReplyStreamer
 from huatuo.template import CHAT_TEMPLATE, ConversationError, build_prompt
 from tests.chat_models import CHATML_TEMPLATE, HUATUO_LOOKALIKE_TEMPLATE, export_checkpoint, with_template
@@ -275,6 +276,14 @@ def test_quantized_loading_chats_on_cpu(export_dir, quantize, layer):
     assert type(quantized.model.model.layers[0].self_attn.q_proj).__name__ == layer
     chat = HuatuoChat(quantized, GREEDY)
     assert chat.chat(QUESTION) and chat.last.new_tokens == 24
+
+
+def test_an_unknown_architecture_is_a_load_error_naming_the_folder(export_dir, tmp_path):
+    folder = with_template(export_dir, tmp_path / "unknown", CHAT_TEMPLATE)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "no_such_arch"}))
+    with pytest.raises(ModelLoadError, match=f"cannot load a (model|tokenizer) from '{folder}'"):
+        load_for_inference(str(folder))
 
 
 def test_bad_paths_are_refused_with_the_fix(tmp_path):
