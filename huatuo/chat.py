@@ -12,6 +12,7 @@ the very encoding that generation uses.
 
 from __future__ import annotations
 
+import functools
 import re
 import signal
 import sys
@@ -40,6 +41,12 @@ Messages = Sequence[Mapping[str, Any]] | Sequence[str] | str
 
 class ContextTooLong(ValueError):
     """The newest message (with room for the reply) does not fit the model's context."""
+
+
+@functools.cache
+def _generation_fields() -> frozenset[str]:
+    """Names ``GenerationConfig`` accepts (``+generation.<name>`` must be one of them)."""
+    return frozenset(GenerationConfig().to_dict()) - {"transformers_version", "_from_model_config"}
 
 
 @dataclass
@@ -88,9 +95,8 @@ class GenerationSettings:
             out.append(f"{prefix}.repetition_penalty={self.repetition_penalty!r} must be > 0 (the paper: 1.1)")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             out.append(f"{prefix}.seed={self.seed!r} must be null or an integer")
-        known = GenerationConfig()
         for key in self.extra:
-            if not hasattr(known, key) or key in ("streamer", "stopping_criteria"):
+            if key not in _generation_fields():
                 out.append(f"{prefix}.{key} is not a generation setting; check the spelling (see GenerationConfig)")
         return out
 
@@ -266,6 +272,7 @@ class HuatuoChat:
             "streamer": streamer,
             "stopping_criteria": StoppingCriteriaList([StopWhen(streamer.should_stop)]),
             "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            "tokenizer": tokenizer,  # lets +generation.stop_strings work
             **settings.generate_kwargs(),
         }
         if settings.seed is not None:
