@@ -7,7 +7,8 @@
 Prompts come from ``LoadedModel.render``: the HuatuoGPT-II builder shared with training, evaluation and the
 exported chat template, or the model's own chat template for other models. History that does not fit the
 context (``model_max_length - max_new_tokens``) is dropped by whole rounds, oldest first, counting tokens with
-the very encoding that generation uses.
+the very encoding that generation uses; a ``max_new_tokens`` above half the context is capped there, so a
+small-context model still keeps some history.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ class FittedPrompt:
     messages: list[dict[str, Any]]
     input_ids: torch.Tensor
     dropped_rounds: int
+    max_new_tokens: int  # the room left for the reply (see HuatuoChat.reply_room)
 
 
 @dataclass
@@ -172,6 +174,7 @@ class HuatuoChat:
         if loaded.context_length is None:
             raise ValueError("cannot tell this model's context length from its config or tokenizer; set max_context")
         self.last: ReplyStats | None = None
+        self._warned_room = False
         self._stop = threading.Event()
         self._worker = GenerationWorker()
 
@@ -206,8 +209,24 @@ class HuatuoChat:
         """End the reply being generated after its current token."""
         self._stop.set()
 
+    def reply_room(self, max_new_tokens: int) -> int:
+        """Tokens reserved for a reply: ``max_new_tokens``, but at most half the context, so history keeps room."""
+        context = self.loaded.context_length
+        room = max(1, min(max_new_tokens, context // 2))
+        if room < max_new_tokens and not self._warned_room:
+            self._warned_room = True
+            log.warning(
+                "generation.max_new_tokens=%d would leave the conversation no room in this model's %d-token context; "
+                "replies are capped at %d tokens (lower generation.max_new_tokens, or raise max_context if the model "
+                "handles longer sequences)",
+                max_new_tokens,
+                context,
+                room,
+            )
+        return room
+
     def fit(self, messages: Messages, max_new_tokens: int | None = None) -> FittedPrompt:
-        """Keep the newest whole rounds whose prompt leaves ``max_new_tokens`` of the context free (token-exact)."""
+        """Keep the newest whole rounds whose prompt leaves room for the reply in the context (token-exact)."""
         messages = _as_messages(messages)
         system = 0
         while system < len(messages) and messages[system].get("role") == "system":
@@ -216,16 +235,11 @@ class HuatuoChat:
         if not body or body[-1].get("role") != "user":
             raise ConversationError("the conversation must end with a user message (the one to answer)")
         context = self.loaded.context_length
-        reserve = self.settings.max_new_tokens if max_new_tokens is None else max_new_tokens
+        reserve = self.reply_room(self.settings.max_new_tokens if max_new_tokens is None else max_new_tokens)
         budget = context - reserve
-        if budget < 1:
-            raise ContextTooLong(
-                f"generation.max_new_tokens={reserve} leaves no room for a prompt in this model's context of {context} "
-                "tokens; lower generation.max_new_tokens (or set max_context if the model allows more)"
-            )
         ids = self.loaded.encode(self.loaded.render(messages))
         if ids.shape[1] <= budget:  # the common case, one encode: everything fits
-            return FittedPrompt(messages, ids, 0)
+            return FittedPrompt(messages, ids, 0, reserve)
         best: FittedPrompt | None = None
         for start in range(len(body) - 1, -1, -2):  # newest round first; stop at the first that does not fit
             kept = head + body[start:]
@@ -237,7 +251,7 @@ class HuatuoChat:
                         f"minus generation.max_new_tokens={reserve}); shorten it or lower generation.max_new_tokens"
                     )
                 break
-            best = FittedPrompt(kept, ids, start // 2)
+            best = FittedPrompt(kept, ids, start // 2, reserve)
         assert best is not None
         if best.dropped_rounds:
             log.debug("dropped the %d oldest round(s) to leave %d tokens for the reply", best.dropped_rounds, reserve)
@@ -274,7 +288,10 @@ class HuatuoChat:
             "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
             "tokenizer": tokenizer,  # lets +generation.stop_strings work
             **settings.generate_kwargs(),
+            "max_new_tokens": fitted.max_new_tokens,
         }
+        if kwargs.get("min_new_tokens", 0) > fitted.max_new_tokens:  # a capped reply cannot honour a larger minimum
+            kwargs["min_new_tokens"] = fitted.max_new_tokens
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
         stats = self.last = ReplyStats(prompt_tokens=fitted.input_ids.shape[1], dropped_rounds=fitted.dropped_rounds)
@@ -294,7 +311,7 @@ class HuatuoChat:
                 stats.finish_reason = "turn"
             elif streamer.stopped:
                 stats.finish_reason = "stopped"
-            elif stats.new_tokens >= settings.max_new_tokens:
+            elif stats.new_tokens >= fitted.max_new_tokens:
                 stats.finish_reason = "length"
             else:
                 stats.finish_reason = "eos"

@@ -114,10 +114,22 @@ def test_a_message_that_cannot_fit_is_refused_with_the_fix(loaded):
     chat = HuatuoChat(small, GREEDY)
     with pytest.raises(ContextTooLong, match="shorten it or lower generation.max_new_tokens"):
         chat.fit([{"role": "user", "content": "头痛" * 200}])
-    with pytest.raises(ContextTooLong, match="max_new_tokens=64 leaves no room"):
-        chat.fit(QUESTION, max_new_tokens=64)
     with pytest.raises(ConversationError, match="end with a user message"):
         chat.fit([*QUESTION, {"role": "assistant", "content": "a"}])
+
+
+def test_a_reply_budget_as_large_as_the_context_is_capped_at_half(loaded, caplog):
+    chat = HuatuoChat(loaded)  # the paper's max_new_tokens=1024 on a 1024-token model
+    with caplog.at_level("WARNING", logger="huatuo.chat"):
+        fitted = chat.fit(_long_conversation(40))
+    assert fitted.max_new_tokens == 512 and "capped at 512" in caplog.text
+    assert 1 <= fitted.dropped_rounds < 40 and fitted.input_ids.shape[1] <= 512  # history still has room
+    small = HuatuoChat(
+        LoadedModel(loaded.model, loaded.tokenizer, loaded.device, max_context=128), {"max_new_tokens": 500}
+    )
+    reply = small.chat(_long_conversation(3), do_sample=False, min_new_tokens=500)
+    assert reply and small.last.new_tokens == 64 and small.last.finish_reason == "length"  # never past the context
+    assert small.last.prompt_tokens + small.last.new_tokens <= 128
 
 
 def test_context_length_is_the_smaller_of_tokenizer_and_config(loaded):
@@ -144,13 +156,13 @@ def test_streamed_pieces_join_to_the_reply_and_match_bare_generate(loaded):
 
 
 def test_stop_ends_a_long_reply_early(loaded):
-    chat = HuatuoChat(loaded, {"do_sample": False, "max_new_tokens": 600, "min_new_tokens": 600})
+    chat = HuatuoChat(loaded, {"do_sample": False, "max_new_tokens": 500, "min_new_tokens": 500})
     pieces = []
     for piece in chat.chat(QUESTION, stream=True):
         pieces.append(piece)
         chat.stop()  # what Ctrl-C does in the terminal
     assert chat.last.finish_reason == "stopped"
-    assert 1 <= chat.last.new_tokens < 600
+    assert 1 <= chat.last.new_tokens < 500
     assert len(chat.chat(QUESTION, max_new_tokens=8, min_new_tokens=8)) > 0  # the next reply is not cut by it
 
 
