@@ -337,7 +337,7 @@ class ChatSession:
         self.stdout = stdout
         self.verbose = verbose
         self.history: list[dict[str, Any]] = []
-        self.name = "HuatuoGPT" if chat.loaded.uses_huatuo_format else "助手"
+        self.name = "HuatuoGPT" if chat.loaded.uses_huatuo_format else "Assistant"
 
     def _write(self, text: str) -> None:
         self.stdout.write(text)
@@ -390,7 +390,7 @@ class ChatSession:
     def reply(self, message: str) -> str | None:
         """Stream the answer to ``message``; Ctrl-C stops it (the part shown stays in the history)."""
         messages = [*self.history, {"role": "user", "content": message}]
-        self._write(f"{self.name}：")
+        self._write(f"{self.name}: ")  # the label of the paper's cli_demo, which users know
         handle_ctrl_c = threading.current_thread() is threading.main_thread()  # signals reach the main thread only
         if handle_ctrl_c:
             previous = signal.signal(signal.SIGINT, lambda *_: self.chat.stop())

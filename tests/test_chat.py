@@ -373,7 +373,7 @@ def test_session_keeps_history_and_clear_resets_it(loaded, capsys):
     assert prompt_tokens[1] > prompt_tokens[0] == prompt_tokens[2]
     assert session.history[0]["content"] == "肚子疼怎么办？" and session.history[2]["content"] == "发烧\n三天了"
     out = stdout.getvalue()
-    assert out.count("HuatuoGPT：") == 4 and "对话历史已清空" in out
+    assert out.count("HuatuoGPT: ") == 4 and "对话历史已清空" in out
     assert capsys.readouterr().err.count("[prompt ") == 4
 
 

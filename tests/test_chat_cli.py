@@ -46,7 +46,7 @@ def spawn_chat(*overrides: str) -> pexpect.spawn:
 def turn(child: pexpect.spawn, message: str) -> tuple[str, tuple[int, ...]]:
     """Send one message; return the streamed reply and its statistics (prompt, dropped, tokens, pieces)."""
     child.sendline(message)
-    child.expect("HuatuoGPT：")
+    child.expect("HuatuoGPT: ")
     child.expect(STATS, timeout=120)
     reply = child.before.replace("\r\n", "\n").rstrip("\n")
     prompt, dropped, tokens, pieces = (int(child.match.group(i)) for i in range(1, 5))
@@ -86,7 +86,7 @@ def test_ctrl_c_stops_a_long_reply_and_the_session_goes_on(export_dir):
     prompts = []
     for message in ("请详细介绍一下高血压。", "还有呢？"):
         child.sendline(message)
-        child.expect("HuatuoGPT：")
+        child.expect("HuatuoGPT: ")
         child.expect(r"\S\S\S", timeout=120)  # the reply has started streaming
         child.sendintr()
         child.expect(r"\[已打断\]", timeout=60)
