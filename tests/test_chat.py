@@ -6,6 +6,7 @@ import gc
 import io
 import json
 import random
+import shutil
 import threading
 import time
 import weakref
@@ -29,7 +30,7 @@ from huatuo.inference import LoadedModel, ModelLoadError, context_length, load_f
 from huatuo.streaming import ReplyStreamer
 from huatuo.template import CHAT_TEMPLATE, ConversationError, build_prompt
 from tests.chat_models import CHATML_TEMPLATE, HUATUO_LOOKALIKE_TEMPLATE, export_checkpoint, with_template
-from tests.helpers import compose_config
+from tests.helpers import BAICHUAN_TOKENIZER, compose_config
 
 GREEDY = {"do_sample": False, "max_new_tokens": 24}
 QUESTION = [{"role": "user", "content": "肚子疼怎么办？"}]
@@ -222,6 +223,26 @@ def test_text_that_only_looks_like_a_new_turn_is_released(tiny_tokenizer):
     held.end()  # the reply ended there: it was text after all
     assert held.text == "第一点。\n<问" and not held.hit_stop_text and "".join(held) == held.text
     assert feed("第一点。\n<问题").text == "第一点。\n<问题"  # released as soon as it differs
+
+
+@pytest.mark.skipif(not BAICHUAN_TOKENIZER.exists(), reason="needs ../shared/assets/baichuan2/tokenizer.model")
+def test_incremental_decoding_matches_a_full_decode_with_the_baichuan2_vocabulary(tmp_path):
+    shutil.copy(BAICHUAN_TOKENIZER, tmp_path / "tokenizer.model")  # SentencePiece with byte fallback, no dummy prefix
+    config = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": False, "add_eos_token": False}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    for text in [
+        "患者男，45岁，发热3天，体温38.5℃。建议：多喝水！\n1. 布洛芬 200mg\n2. 如有 chest pain 请就医 😀",
+        "  leading spaces, 中文 mixed\ttabs and rare characters: ©®™ 𠀋",
+    ]:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        streamer = ReplyStreamer(tokenizer, "\n<问>：", threading.Event())
+        streamer.put(torch.tensor([[1]]))
+        for token in ids:
+            streamer.put(torch.tensor([token]))
+        assert streamer.text == tokenizer.decode(ids)  # settled token by token, before the final decode
+        streamer.end()
+        assert "".join(streamer) == tokenizer.decode(ids)
 
 
 def test_a_generation_error_reaches_the_caller(tiny_tokenizer):
