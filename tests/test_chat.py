@@ -146,7 +146,7 @@ def test_context_length_is_the_smaller_of_tokenizer_and_config(loaded):
 def test_streamed_pieces_join_to_the_reply_and_match_bare_generate(loaded):
     chat = HuatuoChat(loaded, GREEDY)
     pieces = list(chat.chat(QUESTION, stream=True))
-    assert len(pieces) >= 3 and all(pieces)  # several non-empty chunks, as they are generated
+    assert len(pieces) >= 2 and all(pieces)  # the first text at once, the rest in chunks of <= 20 ms
     assert chat.last.pieces == len(pieces) and chat.last.new_tokens == 24 and chat.last.finish_reason == "length"
     reply = "".join(pieces)
     assert chat.chat(QUESTION) == reply  # greedy: the same reply without streaming
@@ -175,9 +175,10 @@ def test_seeded_sampling_repeats(loaded):
 class ScriptedModel:
     """Stands in for a causal LM: ``generate`` streams fixed ids and obeys the stopping criteria, like HF's loop."""
 
-    def __init__(self, ids: list[int], fail_at: int | None = None) -> None:
-        self.ids, self.fail_at, self.produced = ids, fail_at, 0
+    def __init__(self, ids: list[int], fail_at: int | None = None, hold_at: int | None = None) -> None:
+        self.ids, self.fail_at, self.hold_at, self.produced = ids, fail_at, hold_at, 0
         self.config = SimpleNamespace(max_position_embeddings=100_000)
+        self.go, self.released = threading.Event(), None
 
     def generate(self, input_ids, streamer, stopping_criteria, max_new_tokens, **kwargs):
         streamer.put(input_ids)
@@ -185,6 +186,8 @@ class ScriptedModel:
         for step, token in enumerate(self.ids[:max_new_tokens]):
             if step == self.fail_at:
                 raise RuntimeError("CUDA out of memory (scripted)")
+            if step == self.hold_at:  # pause mid-reply until the reader says it has seen text (bounded wait)
+                self.released = self.go.wait(timeout=60)
             sequence = torch.cat([sequence, torch.tensor([[token]])], dim=1)
             self.produced += 1
             streamer.put(torch.tensor([token]))
@@ -193,11 +196,23 @@ class ScriptedModel:
         streamer.end()
 
 
-def _scripted_chat(tokenizer, text: str, template: str | None = CHAT_TEMPLATE, fail_at: int | None = None):
+def _scripted_chat(tokenizer, text: str, template: str | None = CHAT_TEMPLATE, **script):
     tokenizer = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
     tokenizer.chat_template = template
-    model = ScriptedModel(tokenizer.encode(text, add_special_tokens=False) * 3, fail_at)
+    model = ScriptedModel(tokenizer.encode(text, add_special_tokens=False) * 3, **script)
     return HuatuoChat(LoadedModel(model, tokenizer, torch.device("cpu")), {"max_new_tokens": 500}), model
+
+
+def test_text_reaches_the_reader_while_the_model_is_still_generating(tiny_tokenizer):
+    chat, model = _scripted_chat(tiny_tokenizer, "多喝水，注意休息，必要时就医。", hold_at=5)
+    pieces = []
+    for piece in chat.chat(QUESTION, stream=True):
+        if not pieces:
+            seen_at = model.produced
+            model.go.set()  # only now may the model go on
+        pieces.append(piece)
+    assert model.released is True and seen_at <= 5 < len(model.ids)  # the first text came mid-generation
+    assert "".join(pieces) == tiny_tokenizer.decode(model.ids[: chat.last.new_tokens], skip_special_tokens=True)
 
 
 def test_a_reply_is_cut_where_the_model_starts_a_new_user_turn(tiny_tokenizer):

@@ -61,7 +61,7 @@ def test_two_turns_clear_and_ctrl_d(export_dir):
     first, (p1, d1, n1, pieces1) = turn(child, "肚子疼怎么办？")
     second, (p2, d2, n2, pieces2) = turn(child, "需要去医院吗？")
     assert first and second and n1 == n2 == 24
-    assert pieces1 >= 3 and pieces2 >= 3  # the reply reached the terminal in several chunks
+    assert pieces1 >= 2 and pieces2 >= 2  # the reply reached the terminal in chunks (see also the Ctrl-C test)
     assert p2 > p1 + n1 // 2 and d1 == d2 == 0  # the second prompt carries the first round
     child.sendline("clear")
     child.expect("对话历史已清空")
