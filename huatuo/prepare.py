@@ -480,6 +480,8 @@ def _build(specs, tokenizer, settings: PackingSettings, workdir: Path, key: str)
     tmp = workdir / "tokens"
     tmp.mkdir(parents=True)
     tokens = _tokenize(specs, encoder, settings, tmp)
+    phases = {"read_and_tokenize": time.perf_counter() - started}
+    mark = time.perf_counter()
     sizes = np.diff(tokens.source_base).tolist()
     sampler = PrioritySampler(sizes, [s.priority for s in specs], [s.epochs for s in specs], settings.seed)
     order = sampler.order()
@@ -490,11 +492,17 @@ def _build(specs, tokenizer, settings: PackingSettings, workdir: Path, key: str)
         )
     global_sample = tokens.source_base[order.source] + order.sample
     doc_tokens = tokens.lengths[global_sample]
+    phases["order"] = time.perf_counter() - mark
+    mark = time.perf_counter()
     rows = pack(doc_tokens, settings.max_len, settings.packing, settings.window, settings.open_rows)
+    phases["pack"] = time.perf_counter() - mark
+    mark = time.perf_counter()
     rows_file = workdir / "rows.arrow"
     row_tokens, row_supervised = _write_rows(rows_file, rows, order, global_sample, tokens)
     _save_dataset(rows_file, workdir / "dataset")
     shutil.rmtree(tmp)
+    phases["write"] = time.perf_counter() - mark
+    mark = time.perf_counter()
 
     names = [s.name for s in specs]
     labels = [f"{s.name} (priority {s.priority:g}, {s.epochs:g} ep)" for s in specs]
@@ -502,6 +510,7 @@ def _build(specs, tokenizer, settings: PackingSettings, workdir: Path, key: str)
     title = f"curriculum: {len(order):,} documents in {len(rows):,} rows ({settings.packing}, seed {settings.seed})"
     plot_schedule(fine, labels, workdir / "schedule.png", title, len(order))
     shares = schedule_shares(rows, order, doc_tokens, len(specs), int(min(SCHEDULE_BINS, max(len(rows), 1))))
+    phases["schedule"] = time.perf_counter() - mark
     pool = sampler.pool_sizes()
     capacity = len(rows) * settings.max_len
     stats = {
@@ -538,6 +547,7 @@ def _build(specs, tokenizer, settings: PackingSettings, workdir: Path, key: str)
         },
         "schedule": {"bins": len(shares), "names": names, "shares": np.round(shares, 4).tolist()},
         "seconds": round(time.perf_counter() - started, 2),
+        "phase_seconds": {k: round(v, 2) for k, v in phases.items()},
     }
     (workdir / "stats.json").write_text(json.dumps(stats, indent=1, ensure_ascii=False))
     (workdir / "sources.json").write_text(json.dumps(names, ensure_ascii=False))
