@@ -415,7 +415,8 @@ def _smooth(counts: np.ndarray, width: float) -> np.ndarray:
     sigma = width / 2
     offsets = np.arange(-int(3 * sigma), int(3 * sigma) + 1)
     kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
-    return np.stack([np.convolve(counts[:, s], kernel, mode="same") for s in range(counts.shape[1])], axis=1)
+    half, bins = len(offsets) // 2, counts.shape[0]  # "full" then the centre: right even when the kernel is longer
+    return np.stack([np.convolve(counts[:, s], kernel)[half : half + bins] for s in range(counts.shape[1])], axis=1)
 
 
 def plot_schedule(counts: np.ndarray, labels: Sequence[str], path: Path, title: str, documents: int) -> None:
