@@ -81,8 +81,8 @@ class PackingSettings:
     def problems(self, prefix: str = "data") -> list[str]:
         """Every problem of these settings, each naming the key, the value and the fix."""
         out = []
-        if isinstance(self.max_len, bool) or not isinstance(self.max_len, int) or self.max_len < 16:
-            out.append(f"{prefix}.max_len={self.max_len!r} must be an integer >= 16 (the paper uses 4096)")
+        if isinstance(self.max_len, bool) or not isinstance(self.max_len, int) or self.max_len < 1:
+            out.append(f"{prefix}.max_len={self.max_len!r} must be a positive integer (the paper uses 4096)")
         if self.packing not in ("greedy", "best_fit"):
             out.append(
                 f"{prefix}.packing={self.packing!r}{did_you_mean(str(self.packing), ['greedy', 'best_fit'])}: "
@@ -477,7 +477,10 @@ def order_displacement(rows: PackedRows) -> int:
 
 def _build(specs, tokenizer, settings: PackingSettings, workdir: Path, key: str) -> dict[str, Any]:
     started = time.perf_counter()
-    encoder = ConversationEncoder(tokenizer, settings.max_len)
+    try:
+        encoder = ConversationEncoder(tokenizer, settings.max_len)
+    except ValueError as err:  # max_len below the template's minimum, or a tokenizer without </s>
+        raise DataError(str(err)) from None
     tmp = workdir / "tokens"
     tmp.mkdir(parents=True)
     tokens = _tokenize(specs, encoder, settings, tmp)

@@ -257,12 +257,9 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
             try:
                 yield f"{path}:{number}", json.loads(line)
             except json.JSONDecodeError as err:
-                yield (
-                    f"{path}:{number}",
-                    _BadLine(
-                        "malformed JSON", f"{err.msg} at column {err.colno}; fix the line (one JSON value per line)"
-                    ),
-                )
+                text = line.rstrip("\r\n")
+                detail = f"{err.msg} at column {min(err.pos, len(text)) + 1}; fix the line (one JSON value per line)"
+                yield f"{path}:{number}", _BadLine("malformed JSON", f"{detail}; value: {_preview(text)}")
 
 
 def _load_json(path: Path) -> Any:
