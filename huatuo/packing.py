@@ -6,9 +6,9 @@ and ``row_offsets`` (row ``r`` holds ``docs[row_offsets[r]:row_offsets[r+1]]``, 
 - ``greedy`` is the paper's scheme: windows of ``window`` samples; inside a window, next-fit (append while the
   row stays within ``max_len``, else close it); the last row of every window is closed (and later padded).
 - ``best_fit`` streams samples into ``open_rows`` open rows; each goes into the fullest open row it fits in;
-  when none fits, the oldest open row is emitted to make room; a row that becomes full (no sample of the data
-  set could fit in what is left) is emitted at once. Order is kept to within ``open_rows`` rows, and nothing is
-  padded at window ends.
+  when none fits, the oldest open row is emitted to make room; a row that becomes exactly full is emitted at once,
+  and a row is emitted at the latest when ``open_rows`` newer rows have been opened. Order is kept to within about
+  ``2 * open_rows`` rows, and nothing is padded at window ends.
 
 Position ids for attention isolation (every document restarts at 0) are built per batch from the document
 lengths: see ``position_ids``.
@@ -68,7 +68,6 @@ def pack_best_fit(lengths: Sequence[int] | np.ndarray, max_len: int, open_rows: 
         raise ValueError(f"open_rows must be >= 1, got {open_rows}")
     lengths = np.asarray(lengths, dtype=np.int64)
     _check(lengths, max_len)
-    full = max_len - int(lengths.min()) if len(lengths) else 0  # past this fill nothing fits: emit, free the slot
     rows: list[list[int]] = []  # open rows, oldest first
     fills: list[int] = []
     born: list[int] = []  # creation number of each open row
@@ -95,7 +94,7 @@ def pack_best_fit(lengths: Sequence[int] | np.ndarray, max_len: int, open_rows: 
         else:
             rows[best].append(i)
             fills[best] += n
-        if fills[best] > full:
+        if fills[best] == max_len:
             emitted.append(rows.pop(best))
             fills.pop(best)
             born.pop(best)
