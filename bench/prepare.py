@@ -165,6 +165,7 @@ def baseline_prepare(sources: dict[str, dict], tokenizer, max_len: int, seed: in
     from huatuo.sampler import PrioritySampler
 
     eos = tokenizer.eos_token_id
+    encode, paper = tokenizer.encode, {"add_special_tokens": False, "max_length": max_len, "truncation": True}
     marker = tokenizer.encode("\n<答>：", add_special_tokens=False)
     per_source = []
     for settings in sources.values():
@@ -175,12 +176,12 @@ def baseline_prepare(sources: dict[str, dict], tokenizer, max_len: int, seed: in
                     turns = _turns(json.loads(line))
                     ids, labels = [], []
                     for i, text in enumerate(turns):
-                        if i % 2 == 0:
-                            piece = tokenizer.encode(("\n" if i else "") + "<问>：" + text, add_special_tokens=False)
+                        if i % 2 == 0:  # the call of the paper's script
+                            piece = encode(("\n" if i else "") + "<问>：" + text, **paper)
                             ids += piece
                             labels += [eos if i else -100] + [-100] * (len(piece) - 1)
                         else:
-                            piece = tokenizer.encode(text, add_special_tokens=False)
+                            piece = encode(text, **paper)
                             ids += marker + piece
                             labels += [-100] * len(marker) + piece
                     ids.append(eos)
@@ -224,22 +225,26 @@ def pack_loop(docs: list, max_len: int, packing: str, window: int = 256, open_ro
                 fill += n
             rows.append(row)
         return rows
-    open_, fills = [], []
+    open_, fills, born, created = [], [], [], 0
     for doc in docs:
         n = len(doc[1][0])
         best = max((j for j in range(len(open_)) if fills[j] + n <= max_len), key=lambda j: fills[j], default=-1)
         if best < 0:
-            if len(open_) == open_rows:
+            while open_ and (len(open_) == open_rows or born[0] <= created - open_rows):
                 rows.append(open_.pop(0))
                 fills.pop(0)
+                born.pop(0)
             open_.append([])
             fills.append(0)
+            born.append(created)
+            created += 1
             best = len(open_) - 1
         open_[best].append(doc)
         fills[best] += n
         if fills[best] == max_len:
             rows.append(open_.pop(best))
             fills.pop(best)
+            born.pop(best)
     return rows + open_
 
 
@@ -295,16 +300,38 @@ def fills(prepared, max_len: int) -> dict[str, float]:
     return out
 
 
+def tokenizer_only_seconds(sources: dict[str, dict], tokenizer) -> float:
+    """CPU seconds the tokenizer alone needs for every text of these sources, in one batched Rust call."""
+    texts = []
+    for settings in sources.values():
+        for path in settings["paths"]:
+            with open(path, encoding="utf-8") as handle:
+                for line in handle:
+                    for i, text in enumerate(_turns(json.loads(line))):
+                        texts.append(text if i % 2 else ("\n" if i else "") + "<问>：" + text)
+    started = time.process_time()
+    tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+    return time.process_time() - started
+
+
 def child_rss(folder: Path, tokenizer_spec: str, max_len: int) -> None:
     """Run the pipeline on a generated folder in this (fresh) process and print its peak RSS as JSON."""
     tokenizer = load_bench_tokenizer(tokenizer_spec)
     sources = json.loads((folder / "sources.json").read_text())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # imports and tokenizer
     started = time.perf_counter()
     prepared = pipeline_prepare(sources, tokenizer, max_len, 0, "best_fit", folder / "cache")
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     samples = sum(v["records_read"] for v in prepared.stats["sources"].values())
-    print(json.dumps({"samples": samples, "seconds": seconds, "peak_rss_mib": peak}))
+    print(json.dumps({"samples": samples, "seconds": seconds, "peak_rss_mib": peak, "rss_before_mib": before}))
+
+
+def timed(call) -> tuple[object, float, float]:
+    """Result, wall seconds and CPU seconds (all threads of this process) of ``call()``."""
+    started, cpu = time.perf_counter(), time.process_time()
+    result = call()
+    return result, time.perf_counter() - started, time.process_time() - cpu
 
 
 def main() -> None:
@@ -318,6 +345,7 @@ def main() -> None:
     parser.add_argument("--baseline-samples", type=int, default=50_000, help="samples through both (rates compared)")
     parser.add_argument("--rss-samples", type=int, default=1_000_000, help="peak-RSS run in a fresh process; 0 skips")
     parser.add_argument("--tokenizer", default=str(SPM), help="a tokenizer.model, or a folder/hub name")
+    parser.add_argument("--csv", type=Path, default=CSV, help="dialogues: a CSV with title, ask, answer columns")
     parser.add_argument("--max-len", type=int, default=4096)
     parser.add_argument("--packing", default="best_fit", choices=["best_fit", "greedy"])
     parser.add_argument("--check-texts", type=int, default=600, help="texts checked against sentencepiece")
@@ -328,17 +356,19 @@ def main() -> None:
         child_rss(args.child_rss, args.tokenizer, args.max_len)
         return
 
-    rows, cut = read_dialogues(CSV)
+    rows, cut = read_dialogues(args.csv)
     tokenizer = load_bench_tokenizer(args.tokenizer)
-    print(f"machine: {os.cpu_count()} CPUs, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB")
-    print(f"dialogues: {len(rows)} rows of {CSV.name} ({cut} cut-off rows left out)")
+    cores = len(os.sched_getaffinity(0))
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    print(f"machine: {cores} cores, {memory:.0f} GiB; load average {os.getloadavg()[0]:.1f} at the start")
+    print(f"dialogues: {len(rows)} rows of {args.csv.name} ({cut} cut-off rows left out)")
     if args.tokenizer.endswith(".model"):
         texts = [t for title, ask, answer in rows[: args.check_texts // 3] for t in ("<问>：" + ask, answer, title)]
         texts += ["\n<答>：", "\n<问>：", "<p>表格</p><br/>", "１２３ｍｇ，每日3次。", "  多个  空格 ", "emoji 😀"]
         bad = check_against_sentencepiece(tokenizer, args.tokenizer, texts)
         print(
-            f"tokenizer: {args.tokenizer} as a fast tokenizer; {len(texts) - bad}/{len(texts)} texts encode "
-            "exactly as sentencepiece does"
+            f"tokenizer: {args.tokenizer} as a fast tokenizer; {len(texts) - bad}/{len(texts)} texts encode exactly "
+            "as sentencepiece does"
         )
         if bad:
             sys.exit("the converted tokenizer disagrees with sentencepiece; pass --tokenizer <folder> instead")
@@ -347,60 +377,62 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="huatuo-bench-") as tmp:
         tmp = Path(tmp)
-        small = write_mixture(rows, tmp / "small", args.baseline_samples)
-        started = time.perf_counter()
-        base = baseline_prepare(small, tokenizer, args.max_len, 0, args.packing, tmp / "baseline")
-        base_rate = base["samples"] / (time.perf_counter() - started)
-        started = time.perf_counter()
-        same = pipeline_prepare(small, tokenizer, args.max_len, 0, args.packing, tmp / "cache-small")
-        same_rate = args.baseline_samples / (time.perf_counter() - started)
+        n = args.baseline_samples
+        small = write_mixture(rows, tmp / "small", n)
+        _, base_wall, base_cpu = timed(
+            lambda: baseline_prepare(small, tokenizer, args.max_len, 0, args.packing, tmp / "baseline")
+        )
+        same, same_wall, same_cpu = timed(
+            lambda: pipeline_prepare(small, tokenizer, args.max_len, 0, args.packing, tmp / "cache-small")
+        )
         identical = same_rows(same.dataset_dir, tmp / "baseline")
-        print(f"baseline, one sample at a time ({args.baseline_samples:,} samples): {base_rate:,.0f} samples/s")
+        tokenizer_cpu = tokenizer_only_seconds(small, tokenizer)
         print(
-            f"pipeline on the same samples: {same_rate:,.0f} samples/s = {same_rate / base_rate:.1f}x baseline; "
-            f"rows identical to the baseline's: {identical}"
+            f"baseline, one sample at a time ({n:,} samples): {n / base_wall:,.0f} samples/s "
+            f"({1e6 * base_cpu / n:.0f} us CPU per sample)"
+        )
+        print(
+            f"pipeline, same samples: {n / same_wall:,.0f} samples/s = {base_wall / same_wall:.1f}x baseline "
+            f"({1e6 * same_cpu / n:.0f} us CPU per sample); rows identical to the baseline's: {identical}"
+        )
+        print(
+            f"the tokenizer alone (one batched Rust call): {1e6 * tokenizer_cpu / n:.0f} us CPU per sample = "
+            f"{100 * tokenizer_cpu / base_cpu:.0f}% of the baseline's CPU; best possible with it on {cores} cores: "
+            f"{cores * base_cpu / tokenizer_cpu:.1f}x"
         )
 
         big = write_mixture(rows, tmp / "big", args.samples, seed=1)
-        started = time.perf_counter()
-        prepared = pipeline_prepare(big, tokenizer, args.max_len, 0, args.packing, tmp / "cache-big")
-        seconds = time.perf_counter() - started
-        rate = args.samples / seconds
-        docs = prepared.stats["packing"]["documents"]
-        tokens = prepared.stats["packing"]["tokens"]
-        print(
-            f"pipeline ({args.samples:,} samples, {docs:,} documents after epochs, {tokens / docs:.0f} tokens each): "
-            f"{rate:,.0f} samples/s in {seconds:.1f}s = {rate / base_rate:.1f}x baseline"
+        prepared, wall, cpu = timed(
+            lambda: pipeline_prepare(big, tokenizer, args.max_len, 0, args.packing, tmp / "cache-big")
         )
-        print(f"  phases: {json.dumps(prepared.stats.get('phase_seconds', {}))}")
+        docs, tokens = prepared.stats["packing"]["documents"], prepared.stats["packing"]["tokens"]
+        print(
+            f"pipeline, {args.samples:,} samples ({docs:,} documents after epochs, {tokens / docs:.0f} tokens each): "
+            f"{args.samples / wall:,.0f} samples/s in {wall:.1f}s = {args.samples / wall / (n / base_wall):.1f}x "
+            f"baseline ({cpu / wall:.2f} cores busy)"
+        )
+        print(f"  phases (s): {json.dumps(prepared.stats['phase_seconds'])}")
         for name, fill in fills(prepared, args.max_len).items():
             print(f"fill at {args.max_len}: {name}: {100 * fill:.2f}% (padding {100 * (1 - fill):.2f}%)")
         del prepared
 
         if args.rss_samples:
             folder = tmp / "rss"
+            (folder / "sources.json").parent.mkdir(parents=True)
             sources = write_mixture(rows, folder, args.rss_samples, seed=2)
             (folder / "sources.json").write_text(json.dumps(sources))
-            result = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--child-rss",
-                    str(folder),
-                    "--tokenizer",
-                    args.tokenizer,
-                    "--max-len",
-                    str(args.max_len),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
+            tokenizer.save_pretrained(tmp / "tokenizer")  # the child loads it ready-made, as training would
+            command = [sys.executable, __file__, "--child-rss", str(folder), "--tokenizer", str(tmp / "tokenizer")]
+            result = subprocess.run([*command, "--max-len", str(args.max_len)], capture_output=True, text=True)
+            if result.returncode:
+                sys.exit(f"the peak-RSS run failed:\n{result.stderr[-3000:]}")
             child = json.loads(result.stdout.strip().splitlines()[-1])
             print(
-                f"peak RSS at {child['samples']:,} samples: {child['peak_rss_mib']:,.0f} MiB "
+                f"peak RSS at {child['samples']:,} samples: {child['peak_rss_mib']:,.0f} MiB, of which "
+                f"{child['rss_before_mib']:,.0f} MiB imports and tokenizer before the first sample "
                 f"({child['samples'] / child['seconds']:,.0f} samples/s in a fresh process)"
             )
+        print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
 if __name__ == "__main__":

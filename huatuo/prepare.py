@@ -50,7 +50,7 @@ from huatuo.template import (
 log = get_logger(__name__)
 
 PIPELINE_VERSION = 2  # bump when the prepared layout or the token layout changes
-ENCODE_CHUNK = 4096  # conversations per tokenizer call: big enough to keep every core busy, small in memory
+ENCODE_CHUNK = 1024  # conversations per tokenizer call: enough to keep every core busy, small in memory
 WRITE_CHUNK = 1024  # packed rows per Arrow record batch
 SCHEDULE_BINS = 50  # bins of the schedule stored in stats.json
 ROW_SCHEMA = pa.schema(
