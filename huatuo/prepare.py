@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import time
@@ -211,13 +212,17 @@ class _Tokens:
         return np.diff(self.offsets)
 
     def mapped(self) -> tuple[np.ndarray, np.ndarray]:
-        """Fresh read-only memory maps of the ids and labels (drop them to release the pages they touched)."""
+        """Fresh read-only memory maps of the ids and labels (drop them to release the pages they touched).
+
+        Plain arrays over ``mmap`` rather than ``np.memmap``, whose per-slice bookkeeping costs more than the copy.
+        """
         if self.offsets[-1] == 0:
             return np.zeros(0, np.int32), np.zeros(0, np.int32)
-        return (
-            np.memmap(self.ids_path, dtype=np.int32, mode="r"),
-            np.memmap(self.labels_path, dtype=np.int32, mode="r"),
-        )
+        out = []
+        for path in (self.ids_path, self.labels_path):
+            with path.open("rb") as handle:
+                out.append(np.frombuffer(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.int32))
+        return out[0], out[1]
 
 
 def _chunks(items: Iterator[tuple[str, list[str]]], size: int) -> Iterator[tuple[list[str], list[list[str]]]]:
@@ -314,13 +319,6 @@ def _tokenize(specs: Sequence[SourceSpec], encoder: ConversationEncoder, setting
     )
 
 
-def _gather(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Indices of the concatenation of the slices ``[starts[i], starts[i] + lengths[i])``."""
-    firsts = np.zeros(len(lengths), dtype=np.int64)
-    np.cumsum(lengths[:-1], out=firsts[1:])
-    return np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - firsts, lengths)
-
-
 def _write_rows(
     path: Path, rows: PackedRows, order: PoolOrder, global_sample: np.ndarray, tokens: _Tokens
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -340,9 +338,11 @@ def _write_rows(
             positions = rows.docs[lo:hi]
             samples = global_sample[positions]
             doc_lengths = lengths[samples]
-            index = _gather(tokens.offsets[samples], doc_lengths)
+            starts, ends = tokens.offsets[samples].tolist(), tokens.offsets[samples + 1].tolist()
             ids_map, labels_map = tokens.mapped()  # re-mapped per chunk so touched pages leave our resident set
-            flat_ids, flat_labels = np.asarray(ids_map[index]), np.asarray(labels_map[index])
+            # one copy of each document's tokens (cheaper than building an index per token and gathering)
+            flat_ids = np.concatenate([ids_map[a:b] for a, b in zip(starts, ends, strict=True)])
+            flat_labels = np.concatenate([labels_map[a:b] for a, b in zip(starts, ends, strict=True)])
             del ids_map, labels_map
             token_offsets = np.zeros(stop - start + 1, dtype=np.int32)
             np.cumsum(row_tokens[start:stop], out=token_offsets[1:])
