@@ -477,6 +477,13 @@ def order_displacement(rows: PackedRows) -> int:
 
 def _build(specs, tokenizer, settings: PackingSettings, workdir: Path, key: str) -> dict[str, Any]:
     started = time.perf_counter()
+    log.info(
+        "preparing %d source(s) (%s packing, max_len %d) into %s",
+        len(specs),
+        settings.packing,
+        settings.max_len,
+        workdir.parent / key,
+    )
     try:
         encoder = ConversationEncoder(tokenizer, settings.max_len)
     except ValueError as err:  # max_len below the template's minimum, or a tokenizer without </s>
