@@ -37,6 +37,7 @@ from huatuo.sources import (
     LoadReport,
     SourceSpec,
     did_you_mean,
+    forget_parsed_json,
     iter_conversations,
 )
 from huatuo.template import (
@@ -304,6 +305,7 @@ def _tokenize(specs: Sequence[SourceSpec], encoder: ConversationEncoder, setting
             reports.append(report)
             truncated.append(cut)
             truncated_at.append(examples)
+    forget_parsed_json()
     all_lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
     offsets = np.zeros(len(all_lengths) + 1, dtype=np.int64)
     np.cumsum(all_lengths, out=offsets[1:])
@@ -583,6 +585,15 @@ def prepare(
         raise DataError("bad data config:\n  " + "\n  ".join(problems))
     key = fingerprint(specs, tokenizer, settings)
     names = [s.name for s in specs]
+    for spec in specs:
+        if spec.format == "hf" and not spec.hf_revision:
+            log.warning(
+                "source %s: hub dataset %s has no hf_revision, so the cache is keyed by its name only and will not "
+                "notice new data on the hub; pin data.sources.%s.hf_revision to a commit",
+                spec.name,
+                spec.hf_name,
+                spec.name,
+            )
     final = Path(cache_dir) / key
     if (final / "stats.json").is_file() and (final / "dataset").is_dir() and not force:
         log.info("reusing prepared data %s", final)

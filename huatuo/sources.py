@@ -286,6 +286,11 @@ def _load_json(path: Path) -> Any:
 _json_cache: dict[str, Any] = {}  # the last parsed .json file: the demo's nine sources share one file
 
 
+def forget_parsed_json() -> None:
+    """Drop the cached parse of the last ``.json`` file (call when every source has been read)."""
+    _json_cache.clear()
+
+
 def _parsed_json(path: Path) -> Any:
     key = f"{path.resolve()}:{path.stat().st_mtime_ns}:{path.stat().st_size}"
     if key not in _json_cache:
