@@ -32,6 +32,7 @@ from huatuo.logs import get_logger
 from huatuo.packing import PackedRows, pack
 from huatuo.sampler import PoolOrder, PrioritySampler
 from huatuo.sources import (
+    MAX_EXAMPLES,
     MISSING,
     DataError,
     LoadReport,
@@ -279,7 +280,7 @@ def _tokenize(specs: Sequence[SourceSpec], encoder: ConversationEncoder, setting
                 )
                 where = np.flatnonzero(batch.truncated)
                 cut += len(where)
-                for i in where[: max(0, 5 - len(examples))]:
+                for i in where[: max(0, MAX_EXAMPLES - len(examples))]:
                     examples.append(locations[i])
                 if settings.overlong == "drop" and len(where):
                     for i in where:
