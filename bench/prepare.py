@@ -336,6 +336,7 @@ def timed(call) -> tuple[object, float, float]:
 
 def main() -> None:
     """Run the benchmark and print the numbers."""
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # before datasets reads it
     import datasets  # noqa: F401  (imported before any timing: both sides use it)
 
     import huatuo.prepare  # noqa: F401
@@ -351,7 +352,6 @@ def main() -> None:
     parser.add_argument("--check-texts", type=int, default=600, help="texts checked against sentencepiece")
     parser.add_argument("--child-rss", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     if args.child_rss:
         child_rss(args.child_rss, args.tokenizer, args.max_len)
         return
