@@ -314,15 +314,23 @@ def tokenizer_only_seconds(sources: dict[str, dict], tokenizer) -> float:
     return time.process_time() - started
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM; unlike ru_maxrss it does not inherit the parent's peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child_rss(folder: Path, tokenizer_spec: str, max_len: int) -> None:
     """Run the pipeline on a generated folder in this (fresh) process and print its peak RSS as JSON."""
     tokenizer = load_bench_tokenizer(tokenizer_spec)
     sources = json.loads((folder / "sources.json").read_text())
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # imports and tokenizer
+    before = peak_rss_mib()  # imports and tokenizer
     started = time.perf_counter()
     prepared = pipeline_prepare(sources, tokenizer, max_len, 0, "best_fit", folder / "cache")
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = peak_rss_mib()
     samples = sum(v["records_read"] for v in prepared.stats["sources"].values())
     print(json.dumps({"samples": samples, "seconds": seconds, "peak_rss_mib": peak, "rss_before_mib": before}))
 
