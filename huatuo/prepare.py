@@ -7,14 +7,13 @@ never prepared twice and a changed one is never served stale.
 
 Memory stays flat at any corpus size: conversations stream from the files in chunks, every chunk is tokenized
 in one Rust call while the next chunk is read, tokens go to one flat binary file, the order and the packing work
-on length arrays only, and rows are gathered from a memory map and written to Arrow a chunk at a time.
+on length arrays only, and rows are read back with positioned reads and written to Arrow a chunk at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 import shutil
 import time
@@ -213,17 +212,27 @@ class _Tokens:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def mapped(self) -> tuple[np.ndarray, np.ndarray]:
-        """Fresh read-only memory maps of the ids and labels (drop them to release the pages they touched).
+    def read(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ids and labels of these samples, concatenated in the given order.
 
-        Plain arrays over ``mmap`` rather than ``np.memmap``, whose per-slice bookkeeping costs more than the copy.
+        One positioned read per sample. A memory map would be simpler, but the kernel maps whole neighbourhoods of
+        the file on every fault, so scattered reads pull most of the file into our resident memory (gigabytes at
+        1M samples); ``pread`` costs about 2 us per sample and keeps memory flat.
         """
-        if self.offsets[-1] == 0:
-            return np.zeros(0, np.int32), np.zeros(0, np.int32)
+        starts, ends = self.offsets[samples] * 4, self.offsets[samples + 1] * 4  # bytes: int32 tokens
         out = []
         for path in (self.ids_path, self.labels_path):
-            with path.open("rb") as handle:
-                out.append(np.frombuffer(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.int32))
+            values = np.empty(int((ends - starts).sum()) // 4, dtype=np.int32)
+            view, at = memoryview(values).cast("B"), 0
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+                    if os.preadv(fd, [view[at : at + end - start]], start) != end - start:
+                        raise OSError(f"{path}: short read at byte {start}; was the cache folder modified?")
+                    at += end - start
+            finally:
+                os.close(fd)
+            out.append(values)
         return out[0], out[1]
 
 
@@ -341,12 +350,7 @@ def _write_rows(
             positions = rows.docs[lo:hi]
             samples = global_sample[positions]
             doc_lengths = lengths[samples]
-            starts, ends = tokens.offsets[samples].tolist(), tokens.offsets[samples + 1].tolist()
-            ids_map, labels_map = tokens.mapped()  # re-mapped per chunk so touched pages leave our resident set
-            # one copy of each document's tokens (cheaper than building an index per token and gathering)
-            flat_ids = np.concatenate([ids_map[a:b] for a, b in zip(starts, ends, strict=True)])
-            flat_labels = np.concatenate([labels_map[a:b] for a, b in zip(starts, ends, strict=True)])
-            del ids_map, labels_map
+            flat_ids, flat_labels = tokens.read(samples)
             token_offsets = np.zeros(stop - start + 1, dtype=np.int32)
             np.cumsum(row_tokens[start:stop], out=token_offsets[1:])
             doc_offsets = pa.array(rows.row_offsets[start : stop + 1] - lo, type=pa.int32())
