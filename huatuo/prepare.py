@@ -169,7 +169,13 @@ def _file_digest(path: str | Path) -> str:
 def tokenizer_digest(tokenizer) -> str:
     """A content hash of the tokenizer (its serialized fast tokenizer, or its vocabulary and specials)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    payload = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        serialized = json.loads(backend.to_str())
+        for state in ("truncation", "padding"):  # call-time settings the encoder switches off; not the tokenizer
+            serialized.pop(state, None)
+        payload = json.dumps(serialized, sort_keys=True)
+    else:
+        payload = json.dumps(sorted(tokenizer.get_vocab().items()))
     extra = json.dumps([type(tokenizer).__name__, tokenizer.eos_token_id, tokenizer.pad_token_id])
     return hashlib.blake2b((payload + extra).encode(), digest_size=16).hexdigest()
 

@@ -154,11 +154,23 @@ class ConversationEncoder:
             )
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
-        if self._fast is not None:  # Rust, no offsets, GIL released: the prepare stage's hot loop
-            return [enc.ids for enc in self._fast(texts, add_special_tokens=False)]
-        if self._backend is not None:
-            return [enc.ids for enc in self._backend.encode_batch(texts, add_special_tokens=False)]
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        if self._backend is None:
+            return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        # A call such as tokenizer(text, truncation=True, max_length=n) leaves truncation switched on in the shared
+        # Rust backend, which would silently cut every piece here: switch it (and padding) off for this call.
+        truncation, padding = self._backend.truncation, self._backend.padding
+        if truncation is not None:
+            self._backend.no_truncation()
+        if padding is not None:
+            self._backend.no_padding()
+        try:
+            encode = self._fast or self._backend.encode_batch  # Rust, no offsets, GIL released: the hot loop
+            return [enc.ids for enc in encode(texts, add_special_tokens=False)]
+        finally:
+            if truncation is not None:
+                self._backend.enable_truncation(**truncation)
+            if padding is not None:
+                self._backend.enable_padding(**padding)
 
     def encode(self, turns: Sequence[str]) -> EncodedSample:
         """Tokenize one conversation ``[q1, a1, ...]`` (even length, starting with the user)."""

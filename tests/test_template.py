@@ -176,3 +176,24 @@ def test_vectorised_batch_equals_a_plain_reference_implementation(tiny_tokenizer
         assert sample.truncated == (len(reference_encode(tiny_tokenizer, turns, 10**9)[0]) > max_len)
         assert flat.supervised[i] == sum(label != IGNORE_INDEX for label in labels)
     assert encoder.encode_flat([]).offsets.tolist() == [0]
+
+
+def test_truncation_left_on_by_an_earlier_tokenizer_call_does_not_cut_pieces():
+    # tokenizer(text, truncation=True, max_length=n) switches truncation on in the shared Rust backend and leaves it
+    # there; the encoder must still see whole pieces, and must leave that state as it found it.
+    from huatuo import asset_path
+    from huatuo.backbone import load_tokenizer
+    from huatuo.prepare import tokenizer_digest
+
+    tokenizer = load_tokenizer(asset_path("tiny_tokenizer"))
+    encoder = ConversationEncoder(tokenizer, max_len=512)
+    turns = ["头痛怎么办？" * 3, "多休息，必要时就医。" * 4]
+    expected = encoder.encode(turns).input_ids.tolist()
+    digest = tokenizer_digest(tokenizer)
+    tokenizer("头痛", truncation=True, max_length=3)
+    tokenizer.backend_tokenizer.enable_padding(length=7)
+    state = (tokenizer.backend_tokenizer.truncation, tokenizer.backend_tokenizer.padding)
+    assert state[0]["max_length"] == 3 and len(expected) > 20
+    assert encoder.encode(turns).input_ids.tolist() == expected
+    assert (tokenizer.backend_tokenizer.truncation, tokenizer.backend_tokenizer.padding) == state
+    assert tokenizer_digest(tokenizer) == digest  # the prepared cache is keyed by the tokenizer, not by call state
