@@ -6,8 +6,9 @@ and ``row_offsets`` (row ``r`` holds ``docs[row_offsets[r]:row_offsets[r+1]]``, 
 - ``greedy`` is the paper's scheme: windows of ``window`` samples; inside a window, next-fit (append while the
   row stays within ``max_len``, else close it); the last row of every window is closed (and later padded).
 - ``best_fit`` streams samples into ``open_rows`` open rows; each goes into the fullest open row it fits in;
-  when none fits, the oldest open row is emitted to make room; a row that becomes full is emitted at once.
-  Order is kept to within ``open_rows`` rows, and nothing is padded at window ends.
+  when none fits, the oldest open row is emitted to make room; a row that becomes exactly full is emitted at once,
+  and a row is emitted at the latest when ``open_rows`` newer rows have been opened. Order is kept to within about
+  ``2 * open_rows`` rows, and nothing is padded at window ends.
 
 Position ids for attention isolation (every document restarts at 0) are built per batch from the document
 lengths: see ``position_ids``.
@@ -69,6 +70,8 @@ def pack_best_fit(lengths: Sequence[int] | np.ndarray, max_len: int, open_rows: 
     _check(lengths, max_len)
     rows: list[list[int]] = []  # open rows, oldest first
     fills: list[int] = []
+    born: list[int] = []  # creation number of each open row
+    created = 0
     emitted: list[list[int]] = []
     for i, n in enumerate(lengths.tolist()):
         best = -1
@@ -77,11 +80,16 @@ def pack_best_fit(lengths: Sequence[int] | np.ndarray, max_len: int, open_rows: 
             if f + n <= max_len and f > best_fill:
                 best, best_fill = j, f
         if best < 0:
-            if len(rows) == open_rows:
+            # Make room, and bound the reordering: a row is emitted at the latest when open_rows newer rows exist,
+            # even when rows emitted full left free slots.
+            while rows and (len(rows) == open_rows or born[0] <= created - open_rows):
                 emitted.append(rows.pop(0))
                 fills.pop(0)
+                born.pop(0)
             rows.append([i])
             fills.append(n)
+            born.append(created)
+            created += 1
             best = len(rows) - 1
         else:
             rows[best].append(i)
@@ -89,6 +97,7 @@ def pack_best_fit(lengths: Sequence[int] | np.ndarray, max_len: int, open_rows: 
         if fills[best] == max_len:
             emitted.append(rows.pop(best))
             fills.pop(best)
+            born.pop(best)
     emitted.extend(rows)
     docs = np.fromiter((d for row in emitted for d in row), dtype=np.int64, count=len(lengths))
     offsets = np.zeros(len(emitted) + 1, dtype=np.int64)

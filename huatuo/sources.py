@@ -6,11 +6,17 @@ Formats (``format`` in a source's config):
   selects the list (default: the source's name; a file with a single key needs none).
 - ``jsonl``: one record per line, each a list of turns or any record layout below.
 - ``sharegpt``: records with ``conversations: [{from, value}, ...]`` (JSON list or JSONL).
-- ``openai``: records with ``messages: [{role, content}, ...]`` (JSON list or JSONL).
-- ``unify``: the output of ``python -m huatuo.unify``: records with ``question`` and ``answer``.
+- ``openai``: records with ``messages: [{role, content}, ...]`` (JSON list or JSONL); ``content`` may be a list of
+  ``{"type": "text", "text": ...}`` parts.
+- ``unify``: the output of ``python -m huatuo.unify``: JSONL records with ``question`` and ``answer`` (other
+  fields such as ``id`` are ignored).
 - ``parquet``: rows with a ``turns``, ``conversations``, ``messages`` or ``question``/``answer`` column.
-- ``hf``: a Hugging Face hub dataset (``hf_name``, ``hf_split``), rows as in ``parquet``.
+- ``hf``: a Hugging Face hub dataset (``hf_name``, ``hf_config``, ``hf_split``, ``hf_revision``), rows as in
+  ``parquet``; streamed, so nothing but the rows read is downloaded.
 - ``auto`` (default): from the file suffix (``.parquet``, ``.jsonl``) and, for ``.json``, the top-level shape.
+
+``paths`` entries may be globs (``data/web_cn/*.jsonl``). JSONL and parquet files are streamed; a ``.json`` file is
+one JSON document and is parsed whole (about five times its size in memory): convert big corpora to JSONL.
 
 Every record is checked; a bad one raises ``DataError`` naming ``file:line`` (or ``file:key[index]``), the value
 and the fix, or, with ``on_error: skip``, is counted under its reason in the prepare statistics.
@@ -18,6 +24,8 @@ and the fix, or, with ``on_error: skip``, is counted under its reason in the pre
 
 from __future__ import annotations
 
+import difflib
+import glob
 import json
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -28,13 +36,22 @@ from typing import Any, Literal
 FORMATS = ("auto", "huatuo_json", "jsonl", "sharegpt", "openai", "unify", "parquet", "hf")
 OnError = Literal["raise", "skip"]
 MAX_REPORTED = 20  # problems listed in one error before "... and N more"
+MAX_EXAMPLES = 5  # locations kept per skip reason for stats.json
+MISSING = "???"  # OmegaConf's marker of a required value left unset
 
 _USER_ROLES = {"user", "human"}
 _ASSISTANT_ROLES = {"assistant", "gpt", "bot", "model"}
+_GLOB_CHARS = set("*?[")
 
 
 class DataError(ValueError):
     """Bad training data or data config; the message names every problem found, where, and the fix."""
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest choice, or an empty string."""
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @dataclass
@@ -47,36 +64,73 @@ class SourceSpec:
     priority: float = 1.0
     epochs: float = 1.0
     key: str | None = None  # huatuo_json: which list of the object
-    hf_name: str | None = None  # hf: hub dataset name
+    hf_name: str | None = None  # hf: hub dataset name (or a local dataset folder)
     hf_split: str = "train"
     hf_config: str | None = None
+    hf_revision: str | None = None  # hf: a commit or tag; pins the data (and the prepared cache) exactly
+
+    def files(self) -> list[Path]:
+        """The files of this source, globs expanded (sorted), in config order."""
+        out: list[Path] = []
+        for pattern in self.paths:
+            if _GLOB_CHARS & set(pattern):
+                out += [Path(p) for p in sorted(glob.glob(pattern)) if Path(p).is_file()]
+            else:
+                out.append(Path(pattern))
+        return out
 
     def problems(self, prefix: str) -> list[str]:
         """Every config problem of this source, each naming the key, the value and the fix."""
         out = []
         if self.format not in FORMATS:
-            out.append(f"{prefix}.format={self.format!r} is not a known format; use one of {', '.join(FORMATS)}")
+            out.append(
+                f"{prefix}.format={self.format!r} is not a known format{did_you_mean(str(self.format), FORMATS)}; "
+                f"use one of {', '.join(FORMATS)}"
+            )
         if self.format == "hf":
-            if not self.hf_name:
-                out.append(f"{prefix}.hf_name is empty; set it to a hub dataset name, e.g. org/dataset")
+            if not self.hf_name or self.hf_name == MISSING:
+                out.append(f"{prefix}.hf_name is not set; set it to a hub dataset name, e.g. org/dataset")
+        elif MISSING in self.paths:
+            out.append(
+                f"{prefix}.paths is required (???): set it to the files of source {self.name!r}, "
+                f"e.g. {prefix}.paths=[/data/{self.name}.jsonl] (globs allowed)"
+            )
         elif not self.paths:
-            out.append(f"{prefix}.paths is empty; list the files of source {self.name!r}")
-        for p in self.paths:
-            if self.format != "hf" and not Path(p).is_file():
-                out.append(f"{prefix}.paths: file {p!r} does not exist; fix the path or remove it")
-        if not isinstance(self.priority, int | float) or not self.priority > 0:
+            out.append(f"{prefix}.paths is empty; list the files of source {self.name!r} (globs allowed)")
+        else:
+            for pattern in self.paths:
+                path = Path(pattern)
+                if _GLOB_CHARS & set(pattern):
+                    if not any(Path(p).is_file() for p in glob.glob(pattern)):
+                        out.append(f"{prefix}.paths: the glob {pattern!r} matches no file; fix the pattern")
+                elif path.is_dir():
+                    out.append(
+                        f"{prefix}.paths: {pattern!r} is a folder; list its files or use a glob like "
+                        f"{pattern.rstrip('/')}/*.jsonl"
+                    )
+                elif not path.is_file():
+                    out.append(f"{prefix}.paths: file {pattern!r} does not exist; fix the path or remove it")
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int | float) or not self.priority > 0:
             out.append(f"{prefix}.priority={self.priority!r} must be a number > 0 (higher = earlier in training)")
-        if not isinstance(self.epochs, int | float) or not self.epochs >= 0:
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int | float) or not self.epochs >= 0:
             out.append(f"{prefix}.epochs={self.epochs!r} must be a number >= 0 (times each sample enters the pool)")
         return out
 
 
 @dataclass
 class LoadReport:
-    """What reading one source kept and skipped."""
+    """What reading one source kept and skipped (with where, for the first few of each reason)."""
 
     records: int = 0
     skipped: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def skip(self, kind: str, location: str) -> None:
+        """Count one skipped record under its reason."""
+        self.skipped[kind] += 1
+        seen = self.examples.setdefault(kind, [])
+        if len(seen) < MAX_EXAMPLES:
+            seen.append(location)
 
 
 Checked = tuple[list[str] | None, tuple[str, str] | None]
@@ -87,15 +141,27 @@ def check_turns(record: Any) -> Checked:
     if not isinstance(record, list):
         return None, ("not a list of turns", f"expected a list of turns, got {type(record).__name__}")
     if not record:
-        return None, ("empty conversation", "the conversation has no turns")
+        return None, ("empty conversation", "the conversation has no turns; remove the record")
     for i, turn in enumerate(record):
         if not isinstance(turn, str):
-            return None, ("non-string turn", f"turn {i} is {type(turn).__name__}, not a string")
+            return None, ("non-string turn", f"turn {i} is {type(turn).__name__}, not a string; make it text")
         if not turn.strip():
-            return None, ("empty turn", f"turn {i} is empty")
+            return None, ("empty turn", f"turn {i} is empty or whitespace; fill it in or remove the round")
     if len(record) % 2:
-        return None, ("ends on a question", f"{len(record)} turns: the last question has no answer to learn from")
+        return None, (
+            "ends on a question",
+            f"{len(record)} turns: the last question has no answer to learn from; add the answer or drop the question",
+        )
     return record, None
+
+
+def _text_of(content: Any) -> Any:
+    """OpenAI content: a string, or the joined text of ``[{"type": "text", "text": ...}]`` parts."""
+    if isinstance(content, list) and all(isinstance(p, Mapping) for p in content):
+        kinds = {p.get("type") for p in content}
+        if kinds <= {"text"}:
+            return "".join(str(p.get("text", "")) for p in content)
+    return content
 
 
 def _from_roles(messages: Any, role_key: str, text_key: str) -> Checked:
@@ -109,15 +175,18 @@ def _from_roles(messages: Any, role_key: str, text_key: str) -> Checked:
         if role == "system":
             return None, (
                 "system message",
-                "the HuatuoGPT-II format has no system prompt (fold it into the first question)",
+                "the HuatuoGPT-II format has no system prompt; fold it into the first question",
             )
         expected = _USER_ROLES if i % 2 == 0 else _ASSISTANT_ROLES
         if role not in expected:
             return None, (
                 "roles out of order",
-                f"message {i} has {role_key}={role!r}; roles must alternate user/assistant from the user",
+                f"message {i} has {role_key}={role!r}; roles must alternate user/assistant, starting with the user",
             )
-        turns.append(message.get(text_key))
+        content = _text_of(message.get(text_key))
+        if isinstance(content, list):
+            return None, ("non-text content", f"message {i} has non-text parts; keep only text parts")
+        turns.append(content)
     return check_turns(turns)
 
 
@@ -142,65 +211,96 @@ def record_to_turns(record: Any, fmt: str) -> Checked:
         "openai": "'messages'",
         "unify": "'question' and 'answer'",
     }.get(fmt, "'turns', 'conversations', 'messages' or 'question'+'answer'")
-    return None, ("unknown record layout", f"record has keys {sorted(record)[:6]}, expected {wanted}")
+    return None, ("unknown record layout", f"record has keys {sorted(map(str, record))[:6]}, expected {wanted}")
 
 
-def _sniff(path: Path) -> str:
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
+_RECORD_COLUMNS = ({"turns"}, {"conversations"}, {"messages"}, {"question", "answer"})
+
+
+def _file_kind(spec: SourceSpec, path: Path) -> str:
+    if spec.format == "parquet" or path.suffix.lower() == ".parquet":
         return "parquet"
-    if suffix == ".jsonl":
+    if spec.format in ("jsonl", "unify") or path.suffix.lower() == ".jsonl":
         return "jsonl"
     return "json"
 
 
-def _read_text(path: Path) -> str:
+def _utf8_problem(path: Path, line: int, column: int, bad: bytes) -> str:
+    return (
+        f"{path}:{line}: not valid UTF-8 (bytes {bad[:4]!r} at byte {column} of the line); re-encode the file as "
+        "UTF-8, e.g. iconv -f GB18030 -t UTF-8 in.jsonl > out.jsonl"
+    )
+
+
+class _BadLine:
+    """A line that could not be read as JSON: where, why."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        self.kind, self.detail = kind, detail
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark is harmless
+                raw = raw[3:]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield (
+                    f"{path}:{number}",
+                    _BadLine("invalid UTF-8", _utf8_problem(path, number, err.start, raw[err.start :])),
+                )
+                continue
+            if not line.strip():
+                continue  # blank lines carry no record
+            try:
+                yield f"{path}:{number}", json.loads(line)
+            except json.JSONDecodeError as err:
+                text = line.rstrip("\r\n")
+                detail = f"{err.msg} at column {min(err.pos, len(text)) + 1}; fix the line (one JSON value per line)"
+                yield f"{path}:{number}", _BadLine("malformed JSON", f"{detail}; value: {_preview(text)}")
+
+
+def _load_json(path: Path) -> Any:
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
     try:
-        return path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise DataError(
-            f"{path}: not valid UTF-8 (byte {err.start}: {err.object[err.start : err.start + 4]!r}); "
-            "re-encode the file as UTF-8, e.g. iconv -f GB18030 -t UTF-8"
-        ) from None
-
-
-def _iter_raw(spec: SourceSpec, path: Path) -> Iterator[tuple[str, Any]]:
-    """Yield ``(location, raw record)`` from one file; malformed JSON lines yield a ``DataError`` as record."""
-    kind = "parquet" if spec.format == "parquet" else ("jsonl" if spec.format == "jsonl" else _sniff(path))
-    if kind == "parquet":
-        import pyarrow.parquet as pq
-
-        row = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
-            for record in batch.to_pylist():
-                yield f"{path}:row {row}", record
-                row += 1
-        return
-    if kind == "jsonl":
-        try:
-            handle = path.open(encoding="utf-8")
-            with handle:
-                for number, line in enumerate(handle, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        yield f"{path}:{number}", json.loads(line)
-                    except json.JSONDecodeError as err:
-                        yield f"{path}:{number}", DataError(f"{err.msg} at column {err.colno}")
-        except UnicodeDecodeError as err:
-            raise DataError(
-                f"{path}: not valid UTF-8 near byte {err.start}; re-encode the file as UTF-8 "
-                "(e.g. iconv -f GB18030 -t UTF-8)"
-            ) from None
-        return
-    text = _read_text(path)
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1)
+        raise DataError(_utf8_problem(path, line, column, raw[err.start :])) from None
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty; fill it or remove it from the source's paths")
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(
             f"{path}:{err.lineno}: malformed JSON ({err.msg} at column {err.colno}); fix the file "
             "(one JSON document, or use a .jsonl suffix for one record per line)"
         ) from None
+
+
+_json_cache: dict[str, Any] = {}  # the last parsed .json file: the demo's nine sources share one file
+
+
+def forget_parsed_json() -> None:
+    """Drop the cached parse of the last ``.json`` file (call when every source has been read)."""
+    _json_cache.clear()
+
+
+def _parsed_json(path: Path) -> Any:
+    key = f"{path.resolve()}:{path.stat().st_mtime_ns}:{path.stat().st_size}"
+    if key not in _json_cache:
+        _json_cache.clear()
+        _json_cache[key] = _load_json(path)
+    return _json_cache[key]
+
+
+def _iter_json(spec: SourceSpec, path: Path) -> Iterator[tuple[str, Any]]:
+    data = _parsed_json(path)
     if isinstance(data, dict) and spec.format in ("auto", "huatuo_json"):
         key = spec.key
         if key is None:
@@ -210,16 +310,20 @@ def _iter_raw(spec: SourceSpec, path: Path) -> Iterator[tuple[str, Any]]:
                 key = next(iter(data))
             else:
                 raise DataError(
-                    f"{path}: a HuatuoGPT-II JSON object with keys {sorted(data)[:10]} and none is {spec.name!r}; "
+                    f"{path}: a HuatuoGPT-II JSON object with keys {sorted(data)[:10]}, none named {spec.name!r}; "
                     f"set data.sources.{spec.name}.key to one of them"
                 )
         if key not in data:
             raise DataError(
-                f"{path}: key {key!r} (data.sources.{spec.name}.key) not found; the file has {sorted(data)[:10]}"
+                f"{path}: key {key!r} (data.sources.{spec.name}.key) not found{did_you_mean(key, list(data))}; "
+                f"the file has {sorted(data)[:10]}"
             )
         items = data[key]
         if not isinstance(items, list):
-            raise DataError(f"{path}:{key}: expected a list of conversations, got {type(items).__name__}")
+            raise DataError(
+                f"{path}:{key}: expected a list of conversations, got {type(items).__name__}; "
+                "the layout is {source: [[q, a, ...], ...]}"
+            )
         for index, record in enumerate(items):
             yield f"{path}:{key}[{index}]", record
         return
@@ -228,42 +332,81 @@ def _iter_raw(spec: SourceSpec, path: Path) -> Iterator[tuple[str, Any]]:
             yield f"{path}:[{index}]", record
         return
     raise DataError(
-        f"{path}: top-level JSON {type(data).__name__} is not a known layout; expected "
+        f"{path}: top-level JSON {type(data).__name__} is not a known layout for format={spec.format!r}; expected "
         "{source: [[turns]]} (huatuo_json) or a list of records"
     )
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        handle = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: not a readable parquet file ({err}); re-export it or fix the path") from None
+    columns = set(handle.schema_arrow.names)
+    if not any(wanted <= columns for wanted in _RECORD_COLUMNS):
+        raise DataError(
+            f"{path}: parquet columns {sorted(columns)[:10]} hold no conversations; expected a 'turns', "
+            "'conversations' or 'messages' column, or 'question' and 'answer'"
+        )
+    row = 0
+    for batch in handle.iter_batches(batch_size=4096):
+        for record in batch.to_pylist():
+            yield f"{path}:row {row}", record
+            row += 1
 
 
 def _iter_hub(spec: SourceSpec) -> Iterator[tuple[str, Any]]:
     from datasets import load_dataset
 
-    dataset = load_dataset(spec.hf_name, spec.hf_config, split=spec.hf_split, streaming=True)
+    dataset = load_dataset(spec.hf_name, spec.hf_config, split=spec.hf_split, revision=spec.hf_revision, streaming=True)
     for index, record in enumerate(dataset):
-        yield f"{spec.hf_name}[{spec.hf_split}][{index}]", record
+        yield f"{spec.hf_name}[{spec.hf_split}] row {index}", record
 
 
-def iter_conversations(spec: SourceSpec, on_error: OnError, report: LoadReport) -> Iterator[list[str]]:
-    """Stream the valid conversations of a source, raising or counting bad records as ``on_error`` says."""
+def iter_records(spec: SourceSpec) -> Iterator[tuple[str, Any]]:
+    """Yield ``(location, raw record)`` for every record of a source; unreadable lines come as ``_BadLine``."""
+    if spec.format == "hf":
+        yield from _iter_hub(spec)
+        return
+    for path in spec.files():
+        kind = _file_kind(spec, path)
+        if kind == "parquet":
+            yield from _iter_parquet(path)
+        elif kind == "jsonl":
+            yield from _iter_jsonl(path)
+        else:
+            yield from _iter_json(spec, path)
+
+
+def iter_conversations(spec: SourceSpec, on_error: OnError, report: LoadReport) -> Iterator[tuple[str, list[str]]]:
+    """Stream ``(location, turns)`` for the valid conversations of a source; bad records raise or are counted.
+
+    With ``on_error="raise"`` the whole source is still read so that one error lists every problem (up to
+    ``MAX_REPORTED``); with ``"skip"`` each bad record is counted in ``report`` under its reason.
+    """
     problems: list[str] = []
     extra = 0
-    raws = _iter_hub(spec) if spec.format == "hf" else (r for p in spec.paths for r in _iter_raw(spec, Path(p)))
-    for location, raw in raws:
-        if isinstance(raw, DataError):
-            turns, problem = None, ("malformed JSON", str(raw))
+    for location, raw in iter_records(spec):
+        if isinstance(raw, _BadLine):
+            turns, problem = None, (raw.kind, raw.detail)
         else:
             turns, problem = record_to_turns(raw, spec.format)
         if turns is None:
             kind, detail = problem
             if on_error == "skip":
-                report.skipped[kind] += 1
+                report.skip(kind, location)
                 continue
             if len(problems) < MAX_REPORTED:
-                problems.append(f"{location}: {kind}: {detail}; value: {_preview(raw)}")
+                value = "" if isinstance(raw, _BadLine) else f"; value: {_preview(raw)}"
+                problems.append(f"{location}: {kind}: {detail}{value}")
             else:
                 extra += 1
             continue
         if not problems:
             report.records += 1
-            yield turns
+            yield location, turns
     if problems:
         more = f"\n  ... and {extra} more" if extra else ""
         raise DataError(
@@ -272,8 +415,20 @@ def iter_conversations(spec: SourceSpec, on_error: OnError, report: LoadReport) 
             + more
             + "\nFix the records, or set data.on_error=skip to drop them (they are counted in stats.json)."
         )
+    if report.records == 0:
+        where = spec.hf_name if spec.format == "hf" else ", ".join(map(str, spec.files()))
+        if report.skipped:
+            reasons = ", ".join(f"{k}: {v}" for k, v in report.skipped.most_common())
+            raise DataError(
+                f"source {spec.name!r} ({where}): every record was skipped ({reasons}); fix the records "
+                f"(first at {next(iter(report.examples.values()))[0]}) or remove the source from data.sources"
+            )
+        raise DataError(
+            f"source {spec.name!r} ({where}) has no records; fill the file(s), fix data.sources.{spec.name}.paths, "
+            "or remove the source from data.sources"
+        )
 
 
 def _preview(value: Any, limit: int = 80) -> str:
-    text = repr(value) if not isinstance(value, DataError) else "(unparsable line)"
+    text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

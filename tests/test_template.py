@@ -141,3 +141,59 @@ def test_batch_encoding_equals_one_by_one(tiny_tokenizer):
 def test_max_len_too_small_for_the_template_is_refused(tiny_tokenizer):
     with pytest.raises(ValueError, match="raise data.max_len"):
         ConversationEncoder(tiny_tokenizer, max_len=4)
+
+
+def reference_encode(tokenizer, turns: list[str], max_len: int) -> tuple[list[int], list[int]]:
+    """The token layout of the module docstring, one piece and one Python list at a time."""
+    eos = tokenizer.eos_token_id
+    marker = _enc(tokenizer, GENERATION_MARKER)
+    ids: list[int] = []
+    labels: list[int] = []
+    for i, text in enumerate(turns):
+        if i % 2 == 0:
+            piece = _enc(tokenizer, ("\n" if i else "") + "<问>：" + text)
+            ids += piece
+            labels += ([eos] if i else [IGNORE_INDEX]) + [IGNORE_INDEX] * (len(piece) - 1)
+        else:
+            piece = _enc(tokenizer, text)
+            ids += marker + piece
+            labels += [IGNORE_INDEX] * len(marker) + piece
+    return (ids + [eos])[:max_len], (labels + [eos])[:max_len]
+
+
+@pytest.mark.parametrize("max_len", [24, 64, 4096])
+def test_vectorised_batch_equals_a_plain_reference_implementation(tiny_tokenizer, max_len):
+    encoder = ConversationEncoder(tiny_tokenizer, max_len=max_len)
+    rng = random.Random(max_len)
+    conversations = [[_random_text(rng) for _ in range(2 * rng.randint(1, 4))] for _ in range(150)]
+    flat = encoder.encode_flat(conversations)
+    assert len(flat) == 150
+    for i, turns in enumerate(conversations):
+        ids, labels = reference_encode(tiny_tokenizer, turns, max_len)
+        sample = flat.sample(i)
+        assert sample.input_ids.tolist() == ids
+        assert sample.labels.tolist() == labels
+        assert sample.truncated == (len(reference_encode(tiny_tokenizer, turns, 10**9)[0]) > max_len)
+        assert flat.supervised[i] == sum(label != IGNORE_INDEX for label in labels)
+    assert encoder.encode_flat([]).offsets.tolist() == [0]
+
+
+def test_truncation_left_on_by_an_earlier_tokenizer_call_does_not_cut_pieces():
+    # tokenizer(text, truncation=True, max_length=n) switches truncation on in the shared Rust backend and leaves it
+    # there; the encoder must still see whole pieces, and must leave that state as it found it.
+    from huatuo import asset_path
+    from huatuo.backbone import load_tokenizer
+    from huatuo.prepare import tokenizer_digest
+
+    tokenizer = load_tokenizer(asset_path("tiny_tokenizer"))
+    encoder = ConversationEncoder(tokenizer, max_len=512)
+    turns = ["头痛怎么办？" * 3, "多休息，必要时就医。" * 4]
+    expected = encoder.encode(turns).input_ids.tolist()
+    digest = tokenizer_digest(tokenizer)
+    tokenizer("头痛", truncation=True, max_length=3)
+    tokenizer.backend_tokenizer.enable_padding(length=7)
+    state = (tokenizer.backend_tokenizer.truncation, tokenizer.backend_tokenizer.padding)
+    assert state[0]["max_length"] == 3 and len(expected) > 20
+    assert encoder.encode(turns).input_ids.tolist() == expected
+    assert (tokenizer.backend_tokenizer.truncation, tokenizer.backend_tokenizer.padding) == state
+    assert tokenizer_digest(tokenizer) == digest  # the prepared cache is keyed by the tokenizer, not by call state

@@ -1,0 +1,447 @@
+"""Prepare-stage benchmark: ``huatuo.prepare`` versus a straightforward per-sample implementation of the same
+algorithm (one sample tokenized at a time, packing in a Python loop, as the paper's ``data_process.py`` did).
+
+    python bench/prepare.py                      # 200k samples, baseline on 50k, peak RSS at 1M
+    python bench/prepare.py --samples 20000 --baseline-samples 5000 --rss-samples 0   # a quick look
+
+Data: the 2,000 real Chinese patient questions and doctor answers in ../shared/data (repeated to scale) arranged
+as the paper's nine-source mixture: short single-round Q&A, multi-round dialogues, and long answers (several doctor
+answers joined) for the literature/encyclopedia/books sources, written as JSONL in the formats the pipeline reads
+(unify, turn lists, OpenAI messages, ShareGPT). Everything is generated on the fly in a temporary folder.
+
+Tokenizer: by default the real Baichuan2 SentencePiece model (../shared/assets/baichuan2/tokenizer.model) converted
+to a fast tokenizer here and checked against ``sentencepiece`` on a few hundred texts; ``--tokenizer`` takes any
+``tokenizer.model`` or a folder/hub name that ``huatuo.backbone.load_tokenizer`` loads. Both sides use the same one.
+
+Prints samples/s of both and their ratio (the baseline and the pipeline run on the same samples, and their rows
+are checked to be identical), the packing fill of greedy (the paper's) and best_fit at ``--max-len``, and the peak
+resident memory of a pipeline run on ``--rss-samples`` samples in a fresh process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+CSV = SHARED / "data" / "medical_dialogue_zh" / "internal_medicine_2000.csv"
+SPM = SHARED / "assets" / "baichuan2" / "tokenizer.model"
+sys.path.insert(0, str(ROOT))
+
+# The paper's nine sources and priorities; SFT is read for 3 epochs. Shares of the samples, the record layout
+# written, and how many doctor answers one long answer joins (min, max).
+MIXTURE = [
+    ("web_cn", 32, 1, 0.20, "unify", (1, 2)),
+    ("web_en", 32, 1, 0.10, "unify", (1, 2)),
+    ("literature_cn", 16, 1, 0.12, "turns", (1, 6)),
+    ("literature_en", 16, 1, 0.06, "turns", (1, 6)),
+    ("encyclopedia_cn", 8, 1, 0.12, "openai", (1, 3)),
+    ("encyclopedia_en", 8, 1, 0.06, "openai", (1, 3)),
+    ("books_cn", 4, 1, 0.05, "turns", (4, 40)),
+    ("books_en", 4, 1, 0.04, "turns", (4, 40)),
+    ("sft", 1, 3, 0.25, "sharegpt", (1, 1)),
+]
+
+
+# ---------------------------------------------------------------------------------------------------- tokenizer
+def sentencepiece_to_fast(model_file: str | Path):
+    """A ``PreTrainedTokenizerFast`` that encodes like ``sentencepiece`` does with this BPE model (no dummy prefix).
+
+    transformers' converter isolates SentencePiece's user-defined pieces (1,086 in Baichuan2: HTML tags, reserved
+    tokens, full-width digits and punctuation) with one regex alternation of all of them, which makes encoding
+    about 2.5x slower. Added tokens (an Aho-Corasick match) isolate the multi-character pieces just as well, and the
+    single characters need nothing: no BPE merge involves a user-defined piece, so nothing ever joins them.
+    """
+    from tokenizers import AddedToken
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import SentencePieceExtractor, SpmConverter
+
+    proto = SentencePieceExtractor(str(model_file)).proto
+    vocab = {piece.piece: i for i, piece in enumerate(proto.pieces)}
+    backend = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab)
+    user_defined = [p.piece for p in proto.pieces if p.type == 4]
+    if not proto.normalizer_spec.add_dummy_prefix:
+        merged = json.loads(backend.to_str())["model"]["merges"]
+        in_merges = {part for pair in merged for part in (pair if isinstance(pair, list) else pair.split(" "))}
+        isolate = [p for p in user_defined if len(p) > 1 or p in in_merges]
+        backend.pre_tokenizer = None
+        backend.add_tokens([AddedToken(p, normalized=False, special=False) for p in isolate])
+    unk, bos, eos = (proto.pieces[i].piece for i in range(3))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token=unk, bos_token=bos, eos_token=eos, pad_token=unk)
+
+
+def load_bench_tokenizer(spec: str):
+    """``*.model``: convert the SentencePiece model here; anything else: ``huatuo.backbone.load_tokenizer``."""
+    if spec.endswith(".model"):
+        return sentencepiece_to_fast(spec)
+    from huatuo.backbone import load_tokenizer
+
+    return load_tokenizer(spec)
+
+
+def check_against_sentencepiece(tokenizer, model_file: str, texts: list[str]) -> int:
+    """Number of texts the fast tokenizer encodes differently from ``sentencepiece``."""
+    import sentencepiece
+
+    processor = sentencepiece.SentencePieceProcessor(model_file=model_file)
+    return sum(processor.encode(t) != tokenizer.encode(t, add_special_tokens=False) for t in texts)
+
+
+# --------------------------------------------------------------------------------------------------------- data
+def read_dialogues(path: Path) -> tuple[list[tuple[str, str, str]], int]:
+    """(title, question, answer) rows of the CSV; rows with an empty field (a cut-off last row) are left out."""
+    rows, bad = [], 0
+    with path.open(encoding="utf-8", newline="") as handle:
+        for record in csv.DictReader(handle):
+            fields = (record.get("title") or "", record.get("ask") or "", record.get("answer") or "")
+            if all(f.strip() for f in fields):
+                rows.append(fields)
+            else:
+                bad += 1
+    return rows, bad
+
+
+def write_mixture(rows: list[tuple[str, str, str]], folder: Path, samples: int, seed: int = 0) -> dict[str, dict]:
+    """Write ``samples`` conversations as the nine-source mixture; returns the ``data.sources`` mapping."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = {}
+    counts = np.floor(np.asarray([m[3] for m in MIXTURE]) * samples).astype(int)
+    counts[-1] += samples - counts.sum()
+    for (name, priority, epochs, _, layout, (lo, hi)), count in zip(MIXTURE, counts, strict=True):
+        path = folder / f"{name}.jsonl"
+        picks = rng.integers(0, len(rows), size=(count, 4))
+        joins = rng.integers(lo, hi + 1, size=count)
+        rounds = rng.choice([1, 2, 3, 4], p=[0.4, 0.3, 0.2, 0.1], size=count)
+        with path.open("w", encoding="utf-8") as out:
+            for i in range(count):
+                title, ask, answer = rows[picks[i, 0]]
+                if joins[i] > 1:  # a long answer: several doctors' answers in a row
+                    extra = rng.integers(0, len(rows), size=joins[i] - 1)
+                    answer = "\n".join([answer, *(rows[j][2] for j in extra)])
+                if layout == "unify":
+                    record = {"id": f"{name}-{i}", "question": title + ask, "answer": answer}
+                elif layout == "turns":
+                    record = [ask, answer]
+                elif layout == "openai":
+                    record = {"messages": [{"role": "user", "content": ask}, {"role": "assistant", "content": answer}]}
+                else:  # sharegpt: a multi-round dialogue from consecutive rows
+                    turns = []
+                    for r in range(rounds[i]):
+                        _, q, a = rows[(picks[i, 0] + r) % len(rows)]
+                        turns += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+                    record = {"conversations": turns}
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        sources[name] = {"paths": [str(path)], "priority": priority, "epochs": epochs}
+    return sources
+
+
+# ----------------------------------------------------------------------------------------------------- baseline
+def _turns(record) -> list[str]:
+    if isinstance(record, list):
+        return record
+    if "conversations" in record:
+        return [m["value"] for m in record["conversations"]]
+    if "messages" in record:
+        return [m["content"] for m in record["messages"]]
+    return [record["question"], record["answer"]]
+
+
+def baseline_prepare(sources: dict[str, dict], tokenizer, max_len: int, seed: int, packing: str, out: Path) -> dict:
+    """The same algorithm written the straightforward way: one sample at a time, Python lists, a packing loop."""
+    from datasets import Dataset
+
+    from huatuo.sampler import PrioritySampler
+
+    eos = tokenizer.eos_token_id
+    encode, paper = tokenizer.encode, {"add_special_tokens": False, "max_length": max_len, "truncation": True}
+    marker = tokenizer.encode("\n<答>：", add_special_tokens=False)
+    per_source = []
+    for settings in sources.values():
+        samples = []
+        for path in settings["paths"]:
+            with open(path, encoding="utf-8") as handle:
+                for line in handle:
+                    turns = _turns(json.loads(line))
+                    ids, labels = [], []
+                    for i, text in enumerate(turns):
+                        if i % 2 == 0:  # the call of the paper's script
+                            piece = encode(("\n" if i else "") + "<问>：" + text, **paper)
+                            ids += piece
+                            labels += [eos if i else -100] + [-100] * (len(piece) - 1)
+                        else:
+                            piece = encode(text, **paper)
+                            ids += marker + piece
+                            labels += [-100] * len(marker) + piece
+                    ids.append(eos)
+                    labels.append(eos)
+                    samples.append((ids[:max_len], labels[:max_len]))
+        per_source.append(samples)
+    sampler = PrioritySampler(
+        [len(s) for s in per_source],
+        [v["priority"] for v in sources.values()],
+        [v["epochs"] for v in sources.values()],
+        seed,
+    )
+    order = sampler.order()
+    docs = [(s, per_source[s][j]) for s, j in zip(order.source.tolist(), order.sample.tolist(), strict=True)]
+    rows = pack_loop(docs, max_len, packing)
+    columns = {"input_ids": [], "labels": [], "doc_sources": []}
+    for row in rows:
+        ids, labels = [], []
+        for _, (doc_ids, doc_labels) in row:
+            ids += doc_ids
+            labels += doc_labels
+        columns["input_ids"].append(ids)
+        columns["labels"].append(labels)
+        columns["doc_sources"].append([source for source, _ in row])
+    Dataset.from_dict(columns).save_to_disk(str(out))
+    return {"samples": sum(map(len, per_source)), "rows": len(rows)}
+
+
+def pack_loop(docs: list, max_len: int, packing: str, window: int = 256, open_rows: int = 8) -> list[list]:
+    """Greedy windows (the paper's loop) or best fit over a few open rows, on Python lists."""
+    rows: list[list] = []
+    if packing == "greedy":
+        for start in range(0, len(docs), window):
+            row, fill = [], 0
+            for doc in docs[start : start + window]:
+                n = len(doc[1][0])
+                if fill + n > max_len:
+                    rows.append(row)
+                    row, fill = [], 0
+                row.append(doc)
+                fill += n
+            rows.append(row)
+        return rows
+    open_, fills, born, created = [], [], [], 0
+    for doc in docs:
+        n = len(doc[1][0])
+        best = max((j for j in range(len(open_)) if fills[j] + n <= max_len), key=lambda j: fills[j], default=-1)
+        if best < 0:
+            while open_ and (len(open_) == open_rows or born[0] <= created - open_rows):
+                rows.append(open_.pop(0))
+                fills.pop(0)
+                born.pop(0)
+            open_.append([])
+            fills.append(0)
+            born.append(created)
+            created += 1
+            best = len(open_) - 1
+        open_[best].append(doc)
+        fills[best] += n
+        if fills[best] == max_len:
+            rows.append(open_.pop(best))
+            fills.pop(best)
+            born.pop(best)
+    return rows + open_
+
+
+# ----------------------------------------------------------------------------------------------------- pipeline
+def pipeline_prepare(sources: dict[str, dict], tokenizer, max_len: int, seed: int, packing: str, cache: Path):
+    """``huatuo.prepare.prepare`` on the same sources, from scratch."""
+    from huatuo.prepare import PackingSettings, prepare, sources_from_config
+
+    specs = sources_from_config(sources)
+    settings = PackingSettings(max_len=max_len, packing=packing, seed=seed)
+    return prepare(specs, tokenizer, settings, cache, force=True)
+
+
+def same_rows(pipeline_dir: Path, baseline_dir: Path) -> bool:
+    """Whether both wrote the same rows (tokens, labels, document sources) in the same order."""
+    from datasets import load_from_disk
+
+    a, b = load_from_disk(str(pipeline_dir)), load_from_disk(str(baseline_dir))
+    if len(a) != len(b):
+        return False
+    for column in ("input_ids", "labels", "doc_sources"):
+        if a.data.column(column).to_pylist() != b.data.column(column).to_pylist():
+            return False
+    return True
+
+
+def fills(prepared, max_len: int) -> dict[str, float]:
+    """Packing fill of greedy (the paper's windows of 256) and best_fit (several open_rows) on the same order."""
+    from datasets import load_from_disk
+
+    from huatuo.packing import pack_best_fit, pack_greedy
+    from huatuo.sampler import PrioritySampler
+
+    rows = load_from_disk(str(prepared.dataset_dir)).data
+    sources = np.concatenate(rows.column("doc_sources").to_numpy(zero_copy_only=False)).astype(np.int64)
+    samples = np.concatenate(rows.column("doc_samples").to_numpy(zero_copy_only=False))
+    lengths = np.concatenate(rows.column("doc_lengths").to_numpy(zero_copy_only=False))
+    stats = prepared.stats["sources"]
+    sizes = [v["samples"] for v in stats.values()]
+    table = [np.zeros(n, dtype=np.int64) for n in sizes]
+    for s in range(len(sizes)):
+        mask = sources == s
+        table[s][samples[mask]] = lengths[mask]
+    order = PrioritySampler(
+        sizes, [v["priority"] for v in stats.values()], [v["epochs"] for v in stats.values()], 0
+    ).order()
+    base = np.concatenate([[0], np.cumsum(sizes)])
+    doc_lengths = np.concatenate(table)[base[order.source] + order.sample]  # lengths in training order
+    total = doc_lengths.sum()
+    out = {"greedy (paper, window 256)": total / (len(pack_greedy(doc_lengths, max_len, 256)) * max_len)}
+    for k in (1, 4, 8, 16):
+        out[f"best_fit (open_rows {k})"] = total / (len(pack_best_fit(doc_lengths, max_len, k)) * max_len)
+    return out
+
+
+def tokenizer_only_seconds(sources: dict[str, dict], tokenizer) -> float:
+    """CPU seconds the tokenizer alone needs for every text of these sources, in one batched Rust call."""
+    texts = []
+    for settings in sources.values():
+        for path in settings["paths"]:
+            with open(path, encoding="utf-8") as handle:
+                for line in handle:
+                    for i, text in enumerate(_turns(json.loads(line))):
+                        texts.append(text if i % 2 else ("\n" if i else "") + "<问>：" + text)
+    started = time.process_time()
+    tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+    return time.process_time() - started
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM; unlike ru_maxrss it does not inherit the parent's peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_rss(folder: Path, tokenizer_spec: str, max_len: int) -> None:
+    """Run the pipeline on a generated folder in this (fresh) process and print its peak RSS as JSON."""
+    tokenizer = load_bench_tokenizer(tokenizer_spec)
+    sources = json.loads((folder / "sources.json").read_text())
+    before = peak_rss_mib()  # imports and tokenizer
+    started = time.perf_counter()
+    prepared = pipeline_prepare(sources, tokenizer, max_len, 0, "best_fit", folder / "cache")
+    seconds = time.perf_counter() - started
+    peak = peak_rss_mib()
+    samples = sum(v["records_read"] for v in prepared.stats["sources"].values())
+    print(json.dumps({"samples": samples, "seconds": seconds, "peak_rss_mib": peak, "rss_before_mib": before}))
+
+
+def timed(call) -> tuple[object, float, float]:
+    """Result, wall seconds and CPU seconds (all threads of this process) of ``call()``."""
+    started, cpu = time.perf_counter(), time.process_time()
+    result = call()
+    return result, time.perf_counter() - started, time.process_time() - cpu
+
+
+def main() -> None:
+    """Run the benchmark and print the numbers."""
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # before datasets reads it
+    import datasets  # noqa: F401  (imported before any timing: both sides use it)
+
+    import huatuo.prepare  # noqa: F401
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=200_000, help="samples through the pipeline")
+    parser.add_argument("--baseline-samples", type=int, default=50_000, help="samples through both (rates compared)")
+    parser.add_argument("--rss-samples", type=int, default=1_000_000, help="peak-RSS run in a fresh process; 0 skips")
+    parser.add_argument("--tokenizer", default=str(SPM), help="a tokenizer.model, or a folder/hub name")
+    parser.add_argument("--csv", type=Path, default=CSV, help="dialogues: a CSV with title, ask, answer columns")
+    parser.add_argument("--max-len", type=int, default=4096)
+    parser.add_argument("--packing", default="best_fit", choices=["best_fit", "greedy"])
+    parser.add_argument("--check-texts", type=int, default=600, help="texts checked against sentencepiece")
+    parser.add_argument("--child-rss", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_rss:
+        child_rss(args.child_rss, args.tokenizer, args.max_len)
+        return
+
+    rows, cut = read_dialogues(args.csv)
+    tokenizer = load_bench_tokenizer(args.tokenizer)
+    cores = len(os.sched_getaffinity(0))
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    print(f"machine: {cores} cores, {memory:.0f} GiB; load average {os.getloadavg()[0]:.1f} at the start")
+    print(f"dialogues: {len(rows)} rows of {args.csv.name} ({cut} cut-off rows left out)")
+    if args.tokenizer.endswith(".model"):
+        texts = [t for title, ask, answer in rows[: args.check_texts // 3] for t in ("<问>：" + ask, answer, title)]
+        texts += ["\n<答>：", "\n<问>：", "<p>表格</p><br/>", "１２３ｍｇ，每日3次。", "  多个  空格 ", "emoji 😀"]
+        bad = check_against_sentencepiece(tokenizer, args.tokenizer, texts)
+        print(
+            f"tokenizer: {args.tokenizer} as a fast tokenizer; {len(texts) - bad}/{len(texts)} texts encode exactly "
+            "as sentencepiece does"
+        )
+        if bad:
+            sys.exit("the converted tokenizer disagrees with sentencepiece; pass --tokenizer <folder> instead")
+    else:
+        print(f"tokenizer: {args.tokenizer}")
+
+    with tempfile.TemporaryDirectory(prefix="huatuo-bench-") as tmp:
+        tmp = Path(tmp)
+        n = args.baseline_samples
+        small = write_mixture(rows, tmp / "small", n)
+        _, base_wall, base_cpu = timed(
+            lambda: baseline_prepare(small, tokenizer, args.max_len, 0, args.packing, tmp / "baseline")
+        )
+        same, same_wall, same_cpu = timed(
+            lambda: pipeline_prepare(small, tokenizer, args.max_len, 0, args.packing, tmp / "cache-small")
+        )
+        identical = same_rows(same.dataset_dir, tmp / "baseline")
+        tokenizer_cpu = tokenizer_only_seconds(small, tokenizer)
+        print(
+            f"baseline, one sample at a time ({n:,} samples): {n / base_wall:,.0f} samples/s "
+            f"({1e6 * base_cpu / n:.0f} us CPU per sample)"
+        )
+        print(
+            f"pipeline, same samples: {n / same_wall:,.0f} samples/s = {base_wall / same_wall:.1f}x baseline "
+            f"({1e6 * same_cpu / n:.0f} us CPU per sample); rows identical to the baseline's: {identical}"
+        )
+        print(
+            f"the tokenizer alone (one batched Rust call): {1e6 * tokenizer_cpu / n:.0f} us CPU per sample = "
+            f"{100 * tokenizer_cpu / base_cpu:.0f}% of the baseline's CPU; best possible with it on {cores} cores: "
+            f"{cores * base_cpu / tokenizer_cpu:.1f}x"
+        )
+
+        big = write_mixture(rows, tmp / "big", args.samples, seed=1)
+        prepared, wall, cpu = timed(
+            lambda: pipeline_prepare(big, tokenizer, args.max_len, 0, args.packing, tmp / "cache-big")
+        )
+        docs, tokens = prepared.stats["packing"]["documents"], prepared.stats["packing"]["tokens"]
+        print(
+            f"pipeline, {args.samples:,} samples ({docs:,} documents after epochs, {tokens / docs:.0f} tokens each): "
+            f"{args.samples / wall:,.0f} samples/s in {wall:.1f}s = {args.samples / wall / (n / base_wall):.1f}x "
+            f"baseline ({cpu / wall:.2f} cores busy)"
+        )
+        print(f"  phases (s): {json.dumps(prepared.stats['phase_seconds'])}")
+        for name, fill in fills(prepared, args.max_len).items():
+            print(f"fill at {args.max_len}: {name}: {100 * fill:.2f}% (padding {100 * (1 - fill):.2f}%)")
+        del prepared
+
+        if args.rss_samples:
+            folder = tmp / "rss"
+            (folder / "sources.json").parent.mkdir(parents=True)
+            sources = write_mixture(rows, folder, args.rss_samples, seed=2)
+            (folder / "sources.json").write_text(json.dumps(sources))
+            tokenizer.save_pretrained(tmp / "tokenizer")  # the child loads it ready-made, as training would
+            command = [sys.executable, __file__, "--child-rss", str(folder), "--tokenizer", str(tmp / "tokenizer")]
+            result = subprocess.run([*command, "--max-len", str(args.max_len)], capture_output=True, text=True)
+            if result.returncode:
+                sys.exit(f"the peak-RSS run failed:\n{result.stderr[-3000:]}")
+            child = json.loads(result.stdout.strip().splitlines()[-1])
+            print(
+                f"peak RSS at {child['samples']:,} samples: {child['peak_rss_mib']:,.0f} MiB, of which "
+                f"{child['rss_before_mib']:,.0f} MiB imports and tokenizer before the first sample "
+                f"({child['samples'] / child['seconds']:,.0f} samples/s in a fresh process)"
+            )
+        print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    main()
