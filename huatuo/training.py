@@ -150,8 +150,11 @@ class PrepareReport(Callback):
                 log_prepare_to_wandb(prepared.stats, prepared.path / "schedule.png", logger)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train the backbone on the prepared mixture and export it; returns the final metrics."""
+def train(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dict[str, Any]:
+    """Train the backbone on the prepared mixture and export it; returns the final metrics.
+
+    ``extra_callbacks`` join the run's own (checkpointing, reports), e.g. to inspect gradients in tests.
+    """
     check_train_config(cfg)  # before anything heavy: every problem of the config at once
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -192,6 +195,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks: list[Callback] = [checkpoint, PrepareReport(run_dir)]
     if cfg.checkpoint.get("record_rows"):
         callbacks.append(RowLedger(run_dir / ROWS_FILE))
+    callbacks += list(extra_callbacks or [])
     loggers = build_loggers(cfg)
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_args["accumulate_grad_batches"] = derived_accumulation(cfg)
