@@ -88,6 +88,20 @@ def build_loggers(cfg: DictConfig) -> list:
     return [instantiate(spec) for spec in (cfg.get("logger") or {}).values() if spec is not None]
 
 
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, plus ``last.ckpt`` at the final step when the run stops between periodic saves.
+
+    (Lightning writes ``last.ckpt`` at train end only if none was written yet, so a run stopped by ``max_steps``
+    would keep a stale one and ``resume=auto`` would redo its last steps.)
+    """
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.save_last and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        else:
+            super().on_train_end(trainer, pl_module)
+
+
 class RowLedger(Callback):
     """Appends the packed rows of every global micro-batch to ``<run dir>/rows.jsonl`` (data provenance).
 
@@ -182,7 +196,7 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dic
         layer_class=import_class(cfg.backbone.layer_class) if cfg.backbone.get("layer_class") else None,
         finetune=instantiate(cfg.finetune) if cfg.get("finetune") else None,
     )
-    checkpoint = ModelCheckpoint(
+    checkpoint = RunCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="step{step:07d}",
         auto_insert_metric_name=False,
