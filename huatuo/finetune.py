@@ -116,7 +116,10 @@ def _dequantized(layer: nn.Module) -> torch.Tensor | None:
         return None
     import bitsandbytes as bnb
 
-    return bnb.functional.dequantize_4bit(weight.data, weight.quant_state)
+    data, state = weight.data, weight.quant_state
+    if getattr(state, "packing_format_for_cpu", False):  # bitsandbytes repacks CPU weights after an eval forward
+        data, state = bnb.functional._convert_weight_packed_for_cpu_inverse(data, state)
+    return bnb.functional.dequantize_4bit(data, state)
 
 
 def merged_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
