@@ -12,6 +12,7 @@ import json
 import netrc
 import os
 import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -147,19 +148,20 @@ def log_prepare_to_wandb(stats: dict[str, Any], schedule_png: str | Path | None,
         run.summary["prepare/fingerprint"] = stats["fingerprint"]
 
 
-def read_wandb_history(run_file: str | Path) -> list[dict[str, Any]]:
-    """The logged rows (``run.log`` calls) of a W&B run file (``run-<id>.wandb``), read without network.
+@dataclass
+class OfflineRun:
+    """What a W&B run file holds: the logged rows, the run config and the final summary."""
 
-    The file is a LevelDB-style log (32 KiB blocks of records with a 7-byte header: crc, length, type) after a
-    7-byte ``:W&B`` file header; each record is a ``wandb_internal_pb2.Record`` protobuf.
-    """
-    from wandb.proto import wandb_internal_pb2
+    history: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    finished: bool = False  # the run's exit record is written (wandb writes the file asynchronously)
 
-    data = Path(run_file).read_bytes()
-    if not data.startswith(b":W&B"):
-        raise ValueError(f"{run_file} is not a W&B run file (no :W&B header)")
+
+def _records(data: bytes) -> list[bytes]:
+    """The payloads of a LevelDB-style log: 32 KiB blocks of records with a 7-byte header (crc, length, type)."""
     block, header = 32768, 7
-    position, pending, payloads = header, b"", []
+    position, pending, payloads = header, b"", []  # the file starts with its own 7-byte header
     while position + header <= len(data):
         if block - position % block < header:  # too little room left in the block: the rest is padding
             position += block - position % block
@@ -176,12 +178,45 @@ def read_wandb_history(run_file: str | Path) -> list[dict[str, Any]]:
         elif kind == 4:  # LAST
             payloads.append(pending + chunk)
             pending = b""
-    rows = []
-    for payload in payloads:
+    return payloads
+
+
+def _set(target: dict[str, Any], item) -> None:
+    """Store one protobuf item; nested keys (a logged dict, e.g. an image's fields) become nested dicts."""
+    path = [item.key] if item.key else list(item.nested_key)
+    for part in path[:-1]:
+        target = target.setdefault(part, {})
+    target[path[-1]] = json.loads(item.value_json)
+
+
+def read_wandb_run(run_file: str | Path) -> OfflineRun:
+    """Read an offline (or not yet synced) W&B run file, ``<run dir>/wandb/*/run-<id>.wandb``, without network.
+
+    Each record is a ``wandb_internal_pb2.Record`` protobuf (wandb's own schema): ``history`` rows from
+    ``run.log``, ``config`` updates and ``summary`` updates.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(run_file).read_bytes()
+    if not data.startswith(b":W&B"):
+        raise ValueError(f"{run_file} is not a W&B run file (no :W&B header)")
+    run = OfflineRun()
+    for payload in _records(data):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(payload)
-        if record.WhichOneof("record_type") == "history":
-            rows.append(
-                {(item.key or "/".join(item.nested_key)): json.loads(item.value_json) for item in record.history.item}
-            )
-    return rows
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            row: dict[str, Any] = {}
+            for item in record.history.item:
+                _set(row, item)
+            run.history.append(row)
+        elif kind in ("config", "run"):
+            for item in record.config.update if kind == "config" else record.run.config.update:
+                _set(run.config, item)
+        elif kind == "summary":
+            for item in record.summary.update:
+                _set(run.summary, item)
+        elif kind == "exit":
+            run.finished = True
+    run.config = {k: v.get("value", v) if isinstance(v, dict) else v for k, v in run.config.items()}
+    return run

@@ -250,6 +250,9 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dic
             )
         trainer.strategy.barrier("export")
     metrics["global_step"] = trainer.global_step
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            logger.experiment.finish()  # the next job of a multirun must open its own W&B run
     return metrics
 
 
