@@ -16,7 +16,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from huatuo.logs import get_logger
-from huatuo.strategies import shards_parameters, uses_deepspeed
+from huatuo.strategies import cpu_adam, offloads_optimizer, shards_parameters, uses_deepspeed
 from huatuo.template import IGNORE_INDEX
 
 log = get_logger(__name__)
@@ -263,7 +263,10 @@ class CausalLMModule(L.LightningModule):
 
     def configure_optimizers(self):
         params = parameter_groups(self.trainer.model.named_parameters(), self.weight_decay)
-        optimizer = self.optimizer_factory(params)
+        if offloads_optimizer(self.trainer.strategy):
+            optimizer = cpu_adam(self.optimizer_factory, params)  # ZeRO-Offload steps on the CPU
+        else:
+            optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))

@@ -13,7 +13,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from huatuo.strategies import AtomicCheckpointIO, FSDP2Strategy, ShardedFSDPStrategy, ZeroStrategy
+from huatuo.strategies import AtomicCheckpointIO, FSDP2Strategy, ShardedFSDPStrategy, ZeroStrategy, offloads_optimizer
 from huatuo.training import find_checkpoint
 from huatuo.validate import ConfigError, check_train_config, derived_accumulation
 from tests.helpers import ROOT, compose_config
@@ -34,6 +34,7 @@ def test_zero_configs_pass_deepspeeds_own_parser(option, precision, tmp_path):
     cfg = config(tmp_path, f"strategy={option}", "data.micro_batch_size=4", "trainer.accumulate_grad_batches=8")
     strategy = instantiate(cfg.strategy)
     assert isinstance(strategy, ZeroStrategy)
+    assert offloads_optimizer(strategy) == option.endswith("offload")  # then DeepSpeed's CPU Adam replaces AdamW
     ds_config = dict(strategy.config)
     # what Lightning adds from the Trainer before it starts the engine
     ds_config["gradient_accumulation_steps"] = cfg.trainer.accumulate_grad_batches

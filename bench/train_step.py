@@ -1,0 +1,176 @@
+"""Framework overhead of a training step: LightningModule + Trainer against a bare PyTorch loop, on CPU.
+
+    python bench/train_step.py                  # 40 steps per run, 2 rounds, demo data at 2 rows x 256 tokens
+    python bench/train_step.py --steps 60 --rounds 3 --override data.max_len=512 --override data.micro_batch_size=4
+
+Both paths train the same random-init tiny model on the same packed rows (same collator, same order), with the
+same AdamW groups, cosine schedule, gradient clipping at 1.0, loss (summed token loss over the step's supervised
+tokens) and fp32 precision. The time of a step is the interval between the starts of consecutive steps, so data
+loading, logging and every framework hook count. Prints the median step time of each path after the warm-up
+steps, their ratio (the overhead), and the step time with packed-document isolation on and off.
+Rounds alternate the two paths so that load from other processes hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+
+from huatuo import conf_dir
+from huatuo.datamodule import PackedRowsDataset, RowCollator
+from huatuo.module import cosine_with_warmup, parameter_groups
+from huatuo.prepare import prepare, settings_from_config, sources_from_config
+from huatuo.sampler import RowSampler
+from huatuo.template import IGNORE_INDEX
+from huatuo.training import train
+
+
+def compose(run_dir: Path, cache: Path, overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        return hydra_compose(
+            "train",
+            [
+                f"paths.run_dir={run_dir}",
+                f"paths.cache_dir={cache}",
+                "trainer.accelerator=cpu",
+                "trainer.enable_progress_bar=false",
+                "checkpoint.every_n_train_steps=100000",  # the bare loop does not checkpoint either
+                "checkpoint.save_last=false",
+                "export.enabled=false",
+                *overrides,
+            ],
+        )
+
+
+class StepClock(Callback):
+    """Records the start time of every training step."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.starts.append(time.perf_counter())
+
+
+def lightning_steps(cfg) -> list[float]:
+    clock = StepClock()
+    train(cfg, extra_callbacks=[clock])
+    return list(np.diff(clock.starts))
+
+
+def bare_steps(cfg) -> list[float]:
+    """The same training in a plain loop: model, data order, collator, optimizer, schedule, clipping, loss."""
+    L.seed_everything(cfg.seed, verbose=False)
+    tokenizer = instantiate(cfg.backbone.tokenizer)
+    data = dict(cfg.data)
+    specs = sources_from_config({k: dict(v) for k, v in cfg.data.sources.items()})
+    prepared = prepare(specs, tokenizer, settings_from_config(data), cfg.data.cache_dir)
+    dataset = PackedRowsDataset(str(prepared.dataset_dir))
+    sampler = RowSampler(len(dataset), cfg.data.micro_batch_size)
+    usable = len(dataset) - sampler.dropped_rows
+    supervised = np.asarray(dataset.rows["n_supervised"][:usable], dtype=np.float64)
+    normalizer = np.add.reduceat(supervised, np.arange(0, usable, sampler.global_batch_rows))
+    collate = RowCollator(
+        tokenizer.pad_token_id,
+        cfg.data.max_len,
+        cfg.data.isolate,
+        cfg.data.pad_to,
+        normalizer,
+        sampler.global_batch_rows,
+        len(specs),
+    )
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
+    model = instantiate(cfg.backbone.model)()
+    model.train()
+    optimizer = instantiate(cfg.optimizer)(parameter_groups(model.named_parameters(), cfg.weight_decay))
+    scheduler = cosine_with_warmup(optimizer, total_steps=cfg.trainer.max_steps, warmup_ratio=0.05)
+    starts = []
+    for step, batch in enumerate(loader):
+        if step == cfg.trainer.max_steps:
+            break
+        starts.append(time.perf_counter())
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        targets = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
+        loss_sum = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        (loss_sum / batch["loss_normalizer"]).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.gradient_clip_val)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return list(np.diff(starts))
+
+
+def median_after_warmup(intervals: list[float], warmup: int) -> float:
+    return statistics.median(intervals[warmup:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per run (>= warmup + 30)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating Lightning/bare rounds")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=None,
+        help="Hydra overrides (repeatable); default: data.max_len=256 data.micro_batch_size=2, a short step that "
+        "makes the fixed per-step framework cost as visible as it gets",
+    )
+    args = parser.parse_args()
+    args.override = args.override if args.override is not None else ["data.max_len=256", "data.micro_batch_size=2"]
+    if args.steps - 1 - args.warmup < 30:
+        parser.error("--steps must leave at least 30 measured steps after --warmup")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        base = [f"trainer.max_steps={args.steps}", "trainer.max_epochs=100", "logger=csv", *args.override]
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; overrides: {' '.join(base)}")
+        cfg = compose(tmp_path / "run", tmp_path / "cache", base)
+        print(
+            f"batch: {cfg.data.micro_batch_size} rows x {cfg.data.max_len} tokens, precision {cfg.trainer.precision}, "
+            f"isolate={cfg.data.isolate}; medians over {args.steps - 1 - args.warmup} steps after {args.warmup} warm-up"
+        )
+        ratios = []
+        for round_ in range(args.rounds):
+            lightning = median_after_warmup(
+                lightning_steps(compose(tmp_path / f"l{round_}", tmp_path / "cache", base)), args.warmup
+            )
+            bare = median_after_warmup(
+                bare_steps(compose(tmp_path / f"b{round_}", tmp_path / "cache", base)), args.warmup
+            )
+            ratios.append(lightning / bare)
+            print(
+                f"round {round_ + 1}: Lightning {1000 * lightning:.1f} ms/step, bare loop {1000 * bare:.1f} ms/step, "
+                f"overhead {100 * (lightning / bare - 1):+.1f}%"
+            )
+        print(f"framework overhead (median of rounds): {100 * (statistics.median(ratios) - 1):+.1f}% (target <= 5%)")
+
+        isolated = median_after_warmup(
+            lightning_steps(compose(tmp_path / "iso", tmp_path / "cache", [*base, "data.isolate=true"])), args.warmup
+        )
+        plain = median_after_warmup(
+            lightning_steps(compose(tmp_path / "noiso", tmp_path / "cache", [*base, "data.isolate=false"])), args.warmup
+        )
+        print(
+            f"packing: isolated {1000 * isolated:.1f} ms/step, not isolated {1000 * plain:.1f} ms/step, "
+            f"ratio {isolated / plain:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
