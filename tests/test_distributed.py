@@ -49,14 +49,17 @@ def run_two_processes(tmp_path: Path, name: str, *overrides: str) -> Path:
 
 @pytest.mark.slow
 def test_ddp_and_fsdp2_on_two_processes_match_one_process_on_the_same_global_batch(train_config, tmp_path):
-    # Global batch 4 rows: one process x 4 rows | 2 DDP ranks x 1 row x 2 accumulated | 2 FSDP2 ranks x 2 rows.
+    # Global batch 4 rows: one process x 4 rows | 2 DDP ranks x 1 row x 2 accumulated | 2 FSDP2 ranks x 2 rows
+    # (with gradient checkpointing, which recomputes activations and must not change the result).
     single = train(train_config(*COMMON, "data.micro_batch_size=4", f"paths.cache_dir={tmp_path / 'cache'}"))
     assert single["global_step"] == STEPS
     one = Path(train_config().paths.run_dir)
     ddp = run_two_processes(
         tmp_path, "ddp", "strategy=ddp", "data.micro_batch_size=1", "trainer.accumulate_grad_batches=2"
     )
-    fsdp2 = run_two_processes(tmp_path, "fsdp2", "strategy=fsdp2", "data.micro_batch_size=2")
+    fsdp2 = run_two_processes(
+        tmp_path, "fsdp2", "strategy=fsdp2", "data.micro_batch_size=2", "backbone.model.gradient_checkpointing=true"
+    )
 
     reference = step_metrics(one)
     assert len(reference) == STEPS
