@@ -62,7 +62,7 @@ def overrides(strategy: str, args: argparse.Namespace, run_dir: Path) -> list[st
         f"backbone.model.gradient_checkpointing={str(args.gradient_checkpointing).lower()}",
         "backbone.model.dtype=float32",
         "optimizer.lr=1e-4",
-        "optimizer.fused=true" if strategy not in ("deepspeed_zero3_offload",) else "optimizer.fused=null",
+        "optimizer.fused=null",  # torch's foreach AdamW everywhere: the same optimizer for every strategy
         "checkpoint.every_n_train_steps=100000",
         "checkpoint.save_last=false",
         "export.enabled=false",

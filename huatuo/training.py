@@ -195,6 +195,7 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dic
         source_names=[s.name for s in specs],
         layer_class=import_class(cfg.backbone.layer_class) if cfg.backbone.get("layer_class") else None,
         finetune=instantiate(cfg.finetune) if cfg.get("finetune") else None,
+        source_metrics_every_n_steps=cfg.get("source_metrics_every_n_steps", 10),
     )
     checkpoint = RunCheckpoint(
         dirpath=run_dir / "checkpoints",

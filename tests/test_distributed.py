@@ -22,6 +22,7 @@ COMMON = [
     "checkpoint.every_n_train_steps=2",
     "trainer.enable_progress_bar=false",
     "export.enabled=true",
+    "source_metrics_every_n_steps=1",
 ]
 
 

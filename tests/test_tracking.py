@@ -30,7 +30,7 @@ def test_wandb_offline_run_holds_the_metrics_config_and_prepare_report(train_con
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # no credentials: offline, never a prompt
-    cfg = train_config("logger=wandb", "export.enabled=false")
+    cfg = train_config("logger=wandb", "export.enabled=false", "source_metrics_every_n_steps=1")
     metrics = train(cfg)
     run_dir = Path(cfg.paths.run_dir)
     files = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
