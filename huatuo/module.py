@@ -68,10 +68,10 @@ def token_statistics(
     target_logits = logits.detach().gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     correct = (target_logits >= logits.detach().amax(-1)) & supervised
     index = torch.where(supervised, sources, n_sources).reshape(-1)  # unsupervised tokens go to a spill bin
-    per_source_loss = torch.zeros(n_sources + 1, device=logits.device).index_add_(0, index, losses.detach().reshape(-1))
-    per_source_tokens = torch.zeros(n_sources + 1, device=logits.device).index_add_(
-        0, index, supervised.reshape(-1).float()
-    )
+    # explicit fp32: under trainer.precision=bf16-true Lightning makes bf16 the default dtype inside the step
+    bins = dict(device=logits.device, dtype=torch.float32)
+    per_source_loss = torch.zeros(n_sources + 1, **bins).index_add_(0, index, losses.detach().reshape(-1))
+    per_source_tokens = torch.zeros(n_sources + 1, **bins).index_add_(0, index, supervised.reshape(-1).float())
     return {
         "loss_sum": losses.sum(),
         "correct": correct.sum().float(),
