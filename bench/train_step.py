@@ -7,7 +7,8 @@ Both paths train the same random-init tiny model on the same packed rows (same c
 same AdamW groups, cosine schedule, gradient clipping at 1.0, loss (summed token loss over the step's supervised
 tokens) and fp32 precision. The time of a step is the interval between the starts of consecutive steps, so data
 loading, logging and every framework hook count. Prints the median step time of each path after the warm-up
-steps, their ratio (the overhead), and the step time with packed-document isolation on and off.
+steps, their ratio (the overhead), the CPU time of each phase (forward and loss / backward / the rest: clipping,
+optimizer, logging, hooks, next batch), and the step time with packed-document isolation on and off.
 Rounds run both paths in alternating order, so that load from other processes and warm caches favour neither.
 """
 
@@ -63,28 +64,59 @@ def now() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def intervals(starts: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
-    wall, cpu = np.asarray(starts).T
-    return list(np.diff(wall)), list(np.diff(cpu))
+PHASES = ("forward", "backward", "rest")  # start -> backward, the backward, after it -> next step's start
+
+
+class Steps:
+    """Time marks of every step: its start, and the start and end of its backward."""
+
+    def __init__(self) -> None:
+        self.marks: list[dict[str, tuple[float, float]]] = []
+
+    def mark(self, name: str) -> None:
+        if name == "start":
+            self.marks.append({})
+        self.marks[-1][name] = now()
+
+    def totals(self, warmup: int) -> tuple[float, float]:
+        """Median wall and CPU seconds from one step's start to the next, after the warm-up steps."""
+        pairs = list(zip(self.marks[warmup:], self.marks[warmup + 1 :], strict=False))
+        return tuple(statistics.median(b["start"][i] - a["start"][i] for a, b in pairs) for i in (0, 1))
+
+    def phases(self, warmup: int) -> dict[str, float]:
+        """Median CPU seconds of each phase of a step."""
+        pairs = list(zip(self.marks[warmup:], self.marks[warmup + 1 :], strict=False))
+        spans = {"forward": ("start", "backward"), "backward": ("backward", "backward_end")}
+        out = {
+            name: statistics.median(a[end][1] - a[begin][1] for a, _ in pairs) for name, (begin, end) in spans.items()
+        }
+        out["rest"] = statistics.median(b["start"][1] - a["backward_end"][1] for a, b in pairs)
+        return out
 
 
 class StepClock(Callback):
-    """Records the start time of every training step."""
+    """Marks the start of every training step and the span of its backward."""
 
     def __init__(self) -> None:
-        self.starts: list[tuple[float, float]] = []
+        self.steps = Steps()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.starts.append(now())
+        self.steps.mark("start")
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        self.steps.mark("backward")
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        self.steps.mark("backward_end")
 
 
-def lightning_steps(cfg) -> tuple[list[float], list[float]]:
+def lightning_steps(cfg) -> Steps:
     clock = StepClock()
     train(cfg, extra_callbacks=[clock])
-    return intervals(clock.starts)
+    return clock.steps
 
 
-def bare_steps(cfg) -> tuple[list[float], list[float]]:
+def bare_steps(cfg) -> Steps:
     """The same training in a plain loop: model, data order, collator, optimizer, schedule, clipping, loss."""
     L.seed_everything(cfg.seed, verbose=False)
     tokenizer = instantiate(cfg.backbone.tokenizer)
@@ -110,25 +142,22 @@ def bare_steps(cfg) -> tuple[list[float], list[float]]:
     model.train()
     optimizer = instantiate(cfg.optimizer)(parameter_groups(model.named_parameters(), cfg.weight_decay))
     scheduler = cosine_with_warmup(optimizer, total_steps=cfg.trainer.max_steps, warmup_ratio=0.05)
-    starts = []
+    steps = Steps()
     for step, batch in enumerate(loader):
         if step == cfg.trainer.max_steps:
             break
-        starts.append(now())
+        steps.mark("start")
         logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
         targets = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
         loss_sum = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        steps.mark("backward")
         (loss_sum / batch["loss_normalizer"]).backward()
+        steps.mark("backward_end")
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.gradient_clip_val)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-    return intervals(starts)
-
-
-def medians(steps: tuple[list[float], list[float]], warmup: int) -> tuple[float, float]:
-    """Median wall and CPU seconds per step after the warm-up steps."""
-    return statistics.median(steps[0][warmup:]), statistics.median(steps[1][warmup:])
+    return steps
 
 
 def main() -> None:
@@ -166,14 +195,17 @@ def main() -> None:
             f"isolate={cfg.data.isolate}; medians over {args.steps - 1 - args.warmup} steps after {args.warmup} warm-up"
         )
         wall_ratios, cpu_ratios = [], []
+        phases: dict[str, list[dict[str, float]]] = {"lightning": [], "bare": []}
         for round_ in range(args.rounds):
             runs = {
                 "lightning": lambda r=round_: lightning_steps(compose(tmp_path / f"l{r}", tmp_path / "cache", base)),
                 "bare": lambda r=round_: bare_steps(compose(tmp_path / f"b{r}", tmp_path / "cache", base)),
             }
             order = ["lightning", "bare"] if round_ % 2 == 0 else ["bare", "lightning"]  # neither always goes first
-            measured = {name: medians(runs[name](), args.warmup) for name in order}
-            light, bare = measured["lightning"], measured["bare"]
+            measured = {name: runs[name]() for name in order}
+            light, bare = (measured[name].totals(args.warmup) for name in ("lightning", "bare"))
+            for name in phases:
+                phases[name].append(measured[name].phases(args.warmup))
             wall_ratios.append(light[0] / bare[0])
             cpu_ratios.append(light[1] / bare[1])
             print(
@@ -186,13 +218,15 @@ def main() -> None:
             f"framework overhead, median of rounds: wall {100 * (wall - 1):+.1f}%, "
             f"CPU {100 * (cpu - 1):+.1f}% (target <= 5%)"
         )
+        for name, per_round in phases.items():
+            parts = ", ".join(
+                f"{phase} {1000 * statistics.median(r[phase] for r in per_round):.1f}" for phase in PHASES
+            )
+            print(f"CPU ms per phase, {name:>9}: {parts}  (median of rounds)")
 
-        isolated = medians(
-            lightning_steps(compose(tmp_path / "iso", tmp_path / "cache", [*base, "data.isolate=true"])), args.warmup
-        )
-        plain = medians(
-            lightning_steps(compose(tmp_path / "noiso", tmp_path / "cache", [*base, "data.isolate=false"])), args.warmup
-        )
+        isolated = lightning_steps(compose(tmp_path / "iso", tmp_path / "cache", [*base, "data.isolate=true"]))
+        plain = lightning_steps(compose(tmp_path / "noiso", tmp_path / "cache", [*base, "data.isolate=false"]))
+        isolated, plain = isolated.totals(args.warmup), plain.totals(args.warmup)
         print(
             f"packing: isolated {1000 * isolated[0]:.1f} ms/step (CPU {1000 * isolated[1]:.1f}), not isolated "
             f"{1000 * plain[0]:.1f} ms/step (CPU {1000 * plain[1]:.1f}); isolated/not: "
