@@ -139,6 +139,7 @@ class PackedDataModule(L.LightningDataModule):
         self._sampler_state = state.get("sampler")
         if self.sampler is not None and self._sampler_state is not None:
             self.sampler.load_state_dict(self._sampler_state)
+            self._sampler_state = None
 
     def prepare_data(self) -> None:
         self._prepare()
@@ -164,8 +165,9 @@ class PackedDataModule(L.LightningDataModule):
         assert self.dataset is not None, "call setup() first"
         world, rank, accumulate = self._layout()
         self.sampler = RowSampler(len(self.dataset), self.micro_batch_size, world, rank)
-        if self._sampler_state is not None:
+        if self._sampler_state is not None:  # once: a loader rebuilt later starts its epoch from the top
             self.sampler.load_state_dict(self._sampler_state)
+            self._sampler_state = None
         if self.sampler.dropped_rows:
             log.info(
                 "%d trailing rows per epoch do not fill a global micro-batch and are skipped", self.sampler.dropped_rows
