@@ -16,7 +16,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from huatuo.logs import get_logger
-from huatuo.strategies import cpu_adam, offloads_optimizer, shards_parameters, uses_deepspeed
+from huatuo.strategies import cpu_adam, gradient_copies, offloads_optimizer, shards_parameters, uses_deepspeed
 from huatuo.template import IGNORE_INDEX
 
 log = get_logger(__name__)
@@ -256,8 +256,8 @@ class CausalLMModule(L.LightningModule):
         squared = squared_norm(local_gradients(self.trainer.model.parameters()))
         if squared is None:
             return None
-        if shards_parameters(strategy):
-            squared = strategy.reduce(squared, reduce_op="sum")
+        if shards_parameters(strategy):  # sum the shards' squares; hybrid/no sharding hold some elements twice
+            squared = strategy.reduce(squared, reduce_op="sum") / gradient_copies(strategy)
         return squared.sqrt()
 
     def configure_gradient_clipping(

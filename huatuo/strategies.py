@@ -231,6 +231,18 @@ def shards_parameters(strategy: Any) -> bool:
     return isinstance(strategy, FSDPStrategy | ModelParallelStrategy)
 
 
+def gradient_copies(strategy: Any) -> int:
+    """How many ranks hold each element of a sharded gradient: 1 when fully sharded, the node count for FSDP1's
+    hybrid sharding (sharded within a node, replicated across nodes), every rank for NO_SHARD."""
+    if isinstance(strategy, FSDPStrategy):
+        name = getattr(strategy.sharding_strategy, "name", str(strategy.sharding_strategy))
+        if name == "NO_SHARD":
+            return strategy.world_size
+        if "HYBRID" in name:
+            return strategy.num_nodes
+    return 1
+
+
 def offloads_optimizer(strategy: Any) -> bool:
     """True for a DeepSpeed strategy that keeps the optimizer state in CPU memory (ZeRO-Offload)."""
     return uses_deepspeed(strategy) and bool(

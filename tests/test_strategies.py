@@ -13,7 +13,14 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from huatuo.strategies import AtomicCheckpointIO, FSDP2Strategy, ShardedFSDPStrategy, ZeroStrategy, offloads_optimizer
+from huatuo.strategies import (
+    AtomicCheckpointIO,
+    FSDP2Strategy,
+    ShardedFSDPStrategy,
+    ZeroStrategy,
+    gradient_copies,
+    offloads_optimizer,
+)
 from huatuo.training import find_checkpoint
 from huatuo.validate import ConfigError, check_train_config, derived_accumulation
 from tests.helpers import ROOT, compose_config
@@ -75,6 +82,14 @@ def test_fsdp_wraps_and_checkpoints_the_backbones_decoder_layer(tmp_path):
     assert strategy._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == {LlamaDecoderLayer}
     plain = instantiate(config(tmp_path, "strategy=fsdp").strategy)
     assert plain._activation_checkpointing_kwargs == {}  # checkpointing only when asked for
+
+
+@pytest.mark.parametrize(("sharding", "copies"), [("FULL_SHARD", 1), ("SHARD_GRAD_OP", 1), ("HYBRID_SHARD", 2)])
+def test_the_gradient_norm_counts_each_element_once_under_every_fsdp_sharding(sharding, copies, tmp_path):
+    cfg = config(tmp_path, "strategy=fsdp", f"strategy.sharding_strategy={sharding}", "trainer.num_nodes=2")
+    strategy = instantiate(cfg.strategy)
+    strategy.num_nodes = cfg.trainer.num_nodes  # what Lightning sets from the Trainer
+    assert gradient_copies(strategy) == copies  # hybrid: each node holds a full set of shards
 
 
 def test_fsdp2_shards_over_every_device(tmp_path):
