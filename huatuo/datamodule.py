@@ -88,7 +88,12 @@ class RowCollator:
 
 
 class ResumableLoader(DataLoader):
-    """A DataLoader whose position in the order is saved in Lightning checkpoints (via its RowSampler)."""
+    """A DataLoader whose position in the order is saved in Lightning checkpoints (via its RowSampler).
+
+    Lightning 2.6 saves this state but does not load it back when ``configure_optimizers`` asked for
+    ``trainer.estimated_stepping_batches`` (Lightning issue #20550), so ``PackedDataModule`` restores the
+    position itself; loading the same position twice is harmless.
+    """
 
     def state_dict(self) -> dict[str, int]:
         return self.batch_sampler.state_dict()
@@ -123,6 +128,18 @@ class PackedDataModule(L.LightningDataModule):
         self.prepared: Prepared | None = None
         self.dataset: PackedRowsDataset | None = None
         self.sampler: RowSampler | None = None
+        self._sampler_state: dict[str, int] | None = None  # a resumed position waiting for the sampler
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position in the order (saved in every checkpoint under the data module's name)."""
+        return {"sampler": self.sampler.state_dict()} if self.sampler is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at the saved position: now if the loader exists, else when ``train_dataloader`` builds it."""
+        self._sampler_state = state.get("sampler")
+        if self.sampler is not None and self._sampler_state is not None:
+            self.sampler.load_state_dict(self._sampler_state)
+            self._sampler_state = None
 
     def prepare_data(self) -> None:
         self._prepare()
@@ -148,6 +165,9 @@ class PackedDataModule(L.LightningDataModule):
         assert self.dataset is not None, "call setup() first"
         world, rank, accumulate = self._layout()
         self.sampler = RowSampler(len(self.dataset), self.micro_batch_size, world, rank)
+        if self._sampler_state is not None:  # once: a loader rebuilt later starts its epoch from the top
+            self.sampler.load_state_dict(self._sampler_state)
+            self._sampler_state = None
         if self.sampler.dropped_rows:
             log.info(
                 "%d trailing rows per epoch do not fill a global micro-batch and are skipped", self.sampler.dropped_rows

@@ -105,7 +105,9 @@ class RowSampler:
         return self.num_rows % self.global_batch_rows
 
     def __len__(self) -> int:
-        return (self.num_rows - self._resume_from) // self.global_batch_rows
+        # The whole epoch, also when resuming mid-epoch: Lightning restores how many batches of the epoch were
+        # done and ends the epoch when that count reaches this length.
+        return self.num_rows // self.global_batch_rows
 
     def __iter__(self) -> Iterator[list[int]]:
         start, self._resume_from = self._resume_from, 0

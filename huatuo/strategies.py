@@ -1,15 +1,142 @@
-"""Builders for the Lightning strategies that YAML alone cannot express (wrap classes, DeepSpeed config dicts)."""
+"""Builders for the Lightning strategies that YAML alone cannot express, and crash-safe checkpoint writing.
+
+Every strategy here writes checkpoints atomically: a file or folder is written under a temporary name and renamed
+into place, so a process killed in the middle of a save leaves the previous checkpoints intact and loadable.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
 from huatuo.backbone import import_class
+
+PARTIAL_SUFFIX = ".partial"  # unfinished checkpoint writes; resume=auto never picks them
 
 
 def named_strategy(name: str = "auto") -> str:
     """A strategy Lightning knows by name (``auto``, ``ddp``, ``single_device``...)."""
     return name
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some file systems cannot open folders; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_atomically(written: Path, target: Path) -> None:
+    """Move a finished checkpoint (file or folder) onto ``target``, never leaving ``target`` half-written.
+
+    A file replaces a file in one ``os.replace``. A folder cannot replace a non-empty folder in one call, so the
+    old one is renamed aside first; a kill between the two renames loses ``target`` but no other checkpoint.
+    """
+    if target.is_dir() and not target.is_symlink():
+        aside = target.with_name(f".{target.name}.old")
+        _remove(aside)
+        os.replace(target, aside)
+        os.replace(written, target)
+        _remove(aside)
+    else:
+        os.replace(written, target)
+    _fsync_dir(target.parent)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Torch checkpoint files written to a temporary name, flushed to disk, then renamed into place."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO.save_checkpoint takes no storage_options")
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}{PARTIAL_SUFFIX}-{os.getpid()}")
+        try:
+            with partial.open("wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            replace_atomically(partial, target)
+        finally:
+            if partial.exists():
+                partial.unlink()
+
+
+def _save_folder_atomically(strategy, save: Callable[[Path], None], filepath) -> None:
+    """Run a collective folder save into a temporary folder, then let rank zero rename it into place."""
+    target = Path(strategy.broadcast(str(filepath)))
+    partial = target.with_name(f".{target.name}{PARTIAL_SUFFIX}")
+    if strategy.is_global_zero:
+        _remove(partial)
+    strategy.barrier("checkpoint_partial_clean")
+    save(partial)
+    strategy.barrier("checkpoint_written")
+    if strategy.is_global_zero:
+        replace_atomically(partial, target)
+    strategy.barrier("checkpoint_renamed")
+
+
+class ShardedFSDPStrategy(FSDPStrategy):
+    """Lightning's FSDP (FSDP1) whose sharded checkpoint folders are written atomically."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
+        if self._state_dict_type != "sharded":
+            return super().save_checkpoint(checkpoint, filepath, storage_options)  # one file, via AtomicCheckpointIO
+        _save_folder_atomically(
+            self, lambda path: super(ShardedFSDPStrategy, self).save_checkpoint(checkpoint, path), filepath
+        )
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Lightning's ModelParallelStrategy used as pure FSDP2: every device in one data-parallel dimension.
+
+    (Lightning's ``data_parallel_size="auto"`` means one data-parallel group per node, for 2D parallelism.)
+    ``CausalLMModule.configure_model`` applies ``fully_shard`` with ``reshard_after_forward``.
+    """
+
+    def __init__(self, reshard_after_forward: bool = True, **kwargs: Any) -> None:
+        super().__init__(data_parallel_size="auto", tensor_parallel_size=1, **kwargs)
+        self.reshard_after_forward = reshard_after_forward
+
+    def setup_environment(self) -> None:
+        if self._data_parallel_size == "auto":
+            self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)  # one file, via AtomicCheckpointIO
+        _save_folder_atomically(
+            self, lambda path: super(FSDP2Strategy, self).save_checkpoint(checkpoint, path), filepath
+        )
+
+
+class ZeroStrategy(DeepSpeedStrategy):
+    """Lightning's DeepSpeedStrategy whose checkpoint folders are written atomically."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
+        _save_folder_atomically(
+            self, lambda path: super(ZeroStrategy, self).save_checkpoint(checkpoint, path), filepath
+        )
 
 
 def fsdp_strategy(
@@ -19,12 +146,10 @@ def fsdp_strategy(
     cpu_offload: bool = False,
     state_dict_type: str = "sharded",
     limit_all_gathers: bool = True,
-):
+) -> ShardedFSDPStrategy:
     """Lightning's FSDPStrategy wrapping (and optionally checkpointing) every ``layer_class`` module."""
-    from lightning.pytorch.strategies import FSDPStrategy
-
     layer = import_class(layer_class)
-    return FSDPStrategy(
+    return ShardedFSDPStrategy(
         auto_wrap_policy={layer},
         activation_checkpointing_policy={layer} if activation_checkpointing else None,
         sharding_strategy=sharding_strategy,
@@ -32,6 +157,19 @@ def fsdp_strategy(
         state_dict_type=state_dict_type,
         limit_all_gathers=limit_all_gathers,
         use_orig_params=True,  # lets the optimizer see unflattened parameters (needed for per-parameter decay)
+    )
+
+
+def fsdp2_strategy(
+    reshard_after_forward: bool = True,
+    save_distributed_checkpoint: bool = True,
+    process_group_backend: str | None = None,
+) -> FSDP2Strategy:
+    """FSDP2 (``fully_shard`` per decoder layer) over every device of every node."""
+    return FSDP2Strategy(
+        reshard_after_forward=reshard_after_forward,
+        save_distributed_checkpoint=save_distributed_checkpoint,
+        process_group_backend=process_group_backend,
     )
 
 
@@ -43,10 +181,11 @@ def deepspeed_config(
     contiguous_gradients: bool = True,
     reduce_bucket_size: int = 500_000_000,
     allgather_bucket_size: int = 500_000_000,
+    micro_batch_size: int | None = None,
 ) -> dict[str, Any]:
     """A DeepSpeed config with one consistent ZeRO stage (the paper's mixed ZeRO-1/ZeRO-3 keys fixed).
 
-    Batch sizes, accumulation, clipping and precision are left out: Lightning fills them from the Trainer.
+    Accumulation, clipping and precision are left out: Lightning fills them from the Trainer.
     """
     if stage not in (1, 2, 3):
         raise ValueError(f"strategy.stage={stage!r}: DeepSpeed ZeRO stages are 1, 2 and 3")
@@ -69,11 +208,68 @@ def deepspeed_config(
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if offload_parameters:
         zero["offload_param"] = {"device": "cpu", "pin_memory": True}
-    return {"zero_optimization": zero, "zero_allow_untested_optimizer": True}
+    config: dict[str, Any] = {"zero_optimization": zero, "zero_allow_untested_optimizer": True}
+    if micro_batch_size is not None:
+        # Lightning would otherwise guess 1 (our sampler has no batch_size attribute); DeepSpeed checks
+        # train_batch_size = micro x accumulation x world against it and uses it in its throughput logs.
+        config["train_micro_batch_size_per_gpu"] = micro_batch_size
+    return config
 
 
-def deepspeed_strategy(stage: int, **settings: Any):
+def deepspeed_strategy(stage: int, **settings: Any) -> ZeroStrategy:
     """Lightning's DeepSpeedStrategy with the config of ``deepspeed_config``."""
-    from lightning.pytorch.strategies import DeepSpeedStrategy
+    return ZeroStrategy(config=deepspeed_config(stage, **settings))
 
-    return DeepSpeedStrategy(config=deepspeed_config(stage, **settings))
+
+def uses_deepspeed(strategy: Any) -> bool:
+    """True for DeepSpeed strategies (their engine divides the loss by the accumulation steps a second time)."""
+    return isinstance(strategy, DeepSpeedStrategy)
+
+
+def shards_parameters(strategy: Any) -> bool:
+    """True when each rank holds only a shard of every gradient (FSDP1, FSDP2)."""
+    return isinstance(strategy, FSDPStrategy | ModelParallelStrategy)
+
+
+def gradient_copies(strategy: Any) -> int:
+    """How many ranks hold each element of a sharded gradient: 1 when fully sharded, the node count for FSDP1's
+    hybrid sharding (sharded within a node, replicated across nodes), every rank for NO_SHARD."""
+    if isinstance(strategy, FSDPStrategy):
+        name = getattr(strategy.sharding_strategy, "name", str(strategy.sharding_strategy))
+        if name == "NO_SHARD":
+            return strategy.world_size
+        if "HYBRID" in name:
+            return strategy.num_nodes
+    return 1
+
+
+def offloads_optimizer(strategy: Any) -> bool:
+    """True for a DeepSpeed strategy that keeps the optimizer state in CPU memory (ZeRO-Offload)."""
+    return uses_deepspeed(strategy) and bool(
+        (strategy.config or {}).get("zero_optimization", {}).get("offload_optimizer")
+    )
+
+
+def cpu_adam(factory: Callable[..., torch.optim.Optimizer], params: list[dict]) -> torch.optim.Optimizer:
+    """DeepSpeed's vectorised CPU AdamW with the hyperparameters of the configured AdamW partial.
+
+    ZeRO-Offload runs the optimizer step on the CPU; DeepSpeed refuses torch's AdamW there by default because its
+    own CPU Adam is several times faster. Per-group weight decay is kept (``params`` are the AdamW groups).
+    """
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    settings = dict(getattr(factory, "keywords", {}))
+    target = getattr(factory, "func", None)
+    if target not in (torch.optim.AdamW, torch.optim.Adam):
+        raise ValueError(
+            f"optimizer._target_={getattr(target, '__name__', target)} with strategy=deepspeed_zero3_offload: "
+            "ZeRO-Offload needs torch.optim.AdamW (replaced by DeepSpeed's CPU Adam); use AdamW or a strategy "
+            "without offload_optimizer"
+        )
+    return DeepSpeedCPUAdam(
+        params,
+        lr=settings.get("lr", 1e-3),
+        betas=tuple(settings.get("betas", (0.9, 0.999))),
+        eps=settings.get("eps", 1e-8),
+        adamw_mode=target is torch.optim.AdamW,
+    )

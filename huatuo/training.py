@@ -2,39 +2,78 @@
 
 from __future__ import annotations
 
+import json
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from huatuo.backbone import import_class
 from huatuo.datamodule import PackedDataModule
-from huatuo.export import export_model
+from huatuo.export import export_trained, gather_full_state_dict
 from huatuo.logs import get_logger
 from huatuo.module import CausalLMModule
 from huatuo.prepare import PackingSettings, Prepared, prepare, publish, settings_from_config, sources_from_config
-from huatuo.validate import check_train_config
+from huatuo.strategies import PARTIAL_SUFFIX, AtomicCheckpointIO
+from huatuo.tracking import ResumableCSVLogger, log_prepare_to_wandb, remember_wandb_run
+from huatuo.validate import check_train_config, derived_accumulation
 
 log = get_logger(__name__)
 
+ROWS_FILE = "rows.jsonl"
 
-def find_checkpoint(resume: str | None, run_dir: Path) -> str | None:
-    """The checkpoint to resume from: ``auto`` picks the newest in ``<run dir>/checkpoints``."""
+
+def checkpoint_step(path: Path) -> int | None:
+    """The optimizer step a checkpoint was saved at, or ``None`` when it is missing, partial or unreadable.
+
+    Reads only the metadata: a memory-mapped ``torch.load`` for files, the small ``meta.pt`` of FSDP/FSDP2
+    sharded folders, the ``latest`` tag of DeepSpeed folders.
+    """
+    try:
+        if path.is_file():
+            return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["global_step"])
+        if (path / "meta.pt").is_file() and (path / ".metadata").is_file():
+            return int(torch.load(path / "meta.pt", map_location="cpu", weights_only=False)["global_step"])
+        if (path / "latest").is_file():
+            tag = (path / "latest").read_text().strip()
+            states = sorted((path / tag).glob("*model_states.pt"))
+            if states:
+                client = torch.load(states[0], map_location="cpu", mmap=True, weights_only=False)
+                return int(client["global_step"])
+    except Exception as err:  # any failure means "not loadable": resume=auto moves on to an older checkpoint
+        log.warning("skipping checkpoint %s: %s", path, err)
+    return None
+
+
+def find_checkpoint(resume: str | None, run_dir: Path) -> tuple[str | None, int]:
+    """The checkpoint to resume from and its step: ``auto`` picks the newest loadable in ``<run dir>/checkpoints``."""
     if resume in (None, "", "null"):
-        return None
+        return None, 0
     if resume != "auto":
-        return str(resume)
+        step = checkpoint_step(Path(resume))
+        if step is None:
+            raise ValueError(f"resume={resume!r} is not a loadable checkpoint; use auto, null or another .ckpt")
+        return str(resume), step
     folder = run_dir / "checkpoints"
-    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    candidates = []
+    for path in sorted(folder.glob("*.ckpt")) if folder.is_dir() else []:
+        if PARTIAL_SUFFIX in path.name or path.name.startswith("."):
+            continue
+        step = checkpoint_step(path)
+        if step is not None:
+            candidates.append((step, path.stat().st_mtime, path))
     if not candidates:
-        log.info("resume=auto: no checkpoint in %s, starting fresh", folder)
-        return None
-    log.info("resume=auto: resuming from %s", candidates[-1])
-    return str(candidates[-1])
+        log.info("resume=auto: no loadable checkpoint in %s, starting fresh", folder)
+        return None, 0
+    step, _, path = max(candidates)
+    log.info("resume=auto: resuming from %s (step %d)", path, step)
+    return str(path), step
 
 
 def _prepare_and_publish(specs, tokenizer, settings: PackingSettings, cache_dir: str, run_dir: Path) -> Prepared:
@@ -49,9 +88,88 @@ def build_loggers(cfg: DictConfig) -> list:
     return [instantiate(spec) for spec in (cfg.get("logger") or {}).values() if spec is not None]
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train the backbone on the prepared mixture and export it; returns the final metrics."""
-    check_train_config(cfg)
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, plus ``last.ckpt`` at the final step when the run stops between periodic saves.
+
+    (Lightning writes ``last.ckpt`` at train end only if none was written yet, so a run stopped by ``max_steps``
+    would keep a stale one and ``resume=auto`` would redo its last steps.)
+    """
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.save_last and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        else:
+            super().on_train_end(trainer, pl_module)
+
+
+class RowLedger(Callback):
+    """Appends the packed rows of every global micro-batch to ``<run dir>/rows.jsonl`` (data provenance).
+
+    One line per micro-batch: epoch, position in the epoch's order (rows), optimizer step, and the row ids of
+    every rank. A resumed run first drops the lines from the resumed position on, so the file always lists
+    each consumed batch once, in order.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        sampler = trainer.datamodule.sampler
+        resumed = (trainer.current_epoch, sampler.rows_done if sampler is not None else 0)
+        kept = []
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                entry = json.loads(line)
+                if (entry["epoch"], entry["position"]) < resumed:
+                    kept.append(line)
+        self.path.write_text("".join(f"{line}\n" for line in kept))
+        self._handle = self.path.open("a")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        rows = trainer.strategy.all_gather(batch["rows"])  # (world, micro) on every rank: a collective
+        if self._handle is None:
+            return
+        sampler = trainer.datamodule.sampler
+        entry = {
+            "epoch": trainer.current_epoch,
+            "position": sampler.rows_done - sampler.global_batch_rows,
+            "step": trainer.global_step,
+            "rows": rows.reshape(-1).tolist(),
+        }
+        self._handle.write(json.dumps(entry) + "\n")
+        self._handle.flush()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+class PrepareReport(Callback):
+    """Sends the prepare stage's statistics and schedule plot to W&B once the data is set up (rank zero)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                remember_wandb_run(logger, self.run_dir)
+                prepared = trainer.datamodule.prepared
+                log_prepare_to_wandb(prepared.stats, prepared.path / "schedule.png", logger)
+
+
+def train(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dict[str, Any]:
+    """Train the backbone on the prepared mixture and export it; returns the final metrics.
+
+    ``extra_callbacks`` join the run's own (checkpointing, reports), e.g. to inspect gradients in tests.
+    """
+    check_train_config(cfg)  # before anything heavy: every problem of the config at once
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -76,8 +194,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         weight_decay=cfg.weight_decay,
         source_names=[s.name for s in specs],
         layer_class=import_class(cfg.backbone.layer_class) if cfg.backbone.get("layer_class") else None,
+        finetune=instantiate(cfg.finetune) if cfg.get("finetune") else None,
+        source_metrics_every_n_steps=cfg.get("source_metrics_every_n_steps", 10),
     )
-    checkpoint = ModelCheckpoint(
+    checkpoint = RunCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="step{step:07d}",
         auto_insert_metric_name=False,
@@ -87,34 +207,53 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         monitor="step",
         mode="max",
     )
+    callbacks: list[Callback] = [checkpoint, PrepareReport(run_dir)]
+    if cfg.checkpoint.get("record_rows"):
+        callbacks.append(RowLedger(run_dir / ROWS_FILE))
+    callbacks += list(extra_callbacks or [])
     loggers = build_loggers(cfg)
+    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_args["accumulate_grad_batches"] = derived_accumulation(cfg)
     trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **trainer_args,
         strategy=instantiate(cfg.strategy),
         logger=loggers or False,
-        callbacks=[checkpoint],
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
         use_distributed_sampler=False,  # the RowSampler already gives each rank its slice of the order
     )
+    ckpt_path, resumed_step = find_checkpoint(cfg.get("resume"), run_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if trainer.is_global_zero:
         OmegaConf.save(OmegaConf.create(resolved), run_dir / "resolved_config.yaml")
+        for logger in loggers:
+            if ckpt_path is not None and isinstance(logger, ResumableCSVLogger):
+                logger.resume_at(resumed_step)
     for logger in loggers:
         logger.log_hyperparams(resolved)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=find_checkpoint(cfg.get("resume"), run_dir))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if cfg.export.enabled and trainer.is_global_zero:
-        export_model(
-            module.model,
-            tokenizer,
-            run_dir / "export",
-            generation=OmegaConf.to_container(cfg.export.generation),
-            dtype=cfg.export.get("dtype"),
-            metadata={"huatuo_version": _version(), "steps": trainer.global_step},
-        )
+    if cfg.export.enabled:
+        state = gather_full_state_dict(trainer, module.model)  # collective: every rank takes part
+        if trainer.is_global_zero:
+            export_trained(
+                module.model,
+                state,
+                tokenizer,
+                run_dir / "export",
+                generation=OmegaConf.to_container(cfg.export.generation),
+                dtype=cfg.export.get("dtype"),
+                metadata={"huatuo_version": _version(), "steps": trainer.global_step},
+                adapter=cfg.export.get("adapter", True),
+            )
+        trainer.strategy.barrier("export")
     metrics["global_step"] = trainer.global_step
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            logger.experiment.finish()  # the next job of a multirun must open its own W&B run
     return metrics
 
 
