@@ -665,13 +665,13 @@ def log_to_wandb(prepared: Prepared, logger) -> None:
     for name, entry in stats["sources"].items():
         skipped = sum(entry["skipped"].values())
         table.add_data(name, *(entry[c] for c in columns[1:6]), skipped, entry["pool_items"], entry["mean_position"])
-    payload: dict[str, Any] = {"data/sources": table}
+    payload: dict[str, Any] = {"prepare/sources": table}
     if (prepared.path / "schedule.png").is_file():
-        payload["data/schedule"] = wandb.Image(str(prepared.path / "schedule.png"), caption="curriculum")
-    run.log(payload)
+        payload["prepare/schedule"] = wandb.Image(str(prepared.path / "schedule.png"), caption="curriculum")
+    run.log(payload, commit=False)  # joins the next row, so the trainer's step axis stays its own
     for k, v in stats["packing"].items():
-        run.summary[f"data/{k}"] = v
-    run.summary["data/fingerprint"] = prepared.fingerprint
+        run.summary[f"prepare/{k}"] = v
+    run.summary["prepare/fingerprint"] = prepared.fingerprint
     run.save(str(prepared.path / "stats.json"), base_path=str(prepared.path), policy="now")
 
 

@@ -128,26 +128,6 @@ def csv_logger(save_dir: str, name: str = "", version: str = "", flush_logs_ever
     )
 
 
-def log_prepare_to_wandb(stats: dict[str, Any], schedule_png: str | Path | None, logger) -> None:
-    """The prepare stage's statistics (per-source table, packing summary) and the schedule plot, to a W&B run."""
-    import wandb
-
-    run = logger.experiment
-    sources = stats.get("sources", {})
-    columns = ["source", "priority", "epochs", "samples", "tokens", "supervised_tokens", "pool_items", "mean_position"]
-    table = wandb.Table(columns=columns)
-    for name, entry in sources.items():
-        table.add_data(name, *[entry.get(c) for c in columns[1:]])
-    payload: dict[str, Any] = {"prepare/sources": table}
-    if schedule_png is not None and Path(schedule_png).is_file():
-        payload["prepare/schedule"] = wandb.Image(str(schedule_png))
-    run.log(payload, commit=False)
-    packing = stats.get("packing", {})
-    run.summary.update({f"prepare/{k}": v for k, v in packing.items() if isinstance(v, int | float | str)})
-    if "fingerprint" in stats:
-        run.summary["prepare/fingerprint"] = stats["fingerprint"]
-
-
 @dataclass
 class OfflineRun:
     """What a W&B run file holds: the logged rows, the run config and the final summary."""

@@ -19,9 +19,17 @@ from huatuo.datamodule import PackedDataModule
 from huatuo.export import export_trained, gather_full_state_dict
 from huatuo.logs import get_logger
 from huatuo.module import CausalLMModule
-from huatuo.prepare import PackingSettings, Prepared, prepare, publish, settings_from_config, sources_from_config
+from huatuo.prepare import (
+    PackingSettings,
+    Prepared,
+    log_to_wandb,
+    prepare,
+    publish,
+    settings_from_config,
+    sources_from_config,
+)
 from huatuo.strategies import PARTIAL_SUFFIX, AtomicCheckpointIO
-from huatuo.tracking import ResumableCSVLogger, log_prepare_to_wandb, remember_wandb_run
+from huatuo.tracking import ResumableCSVLogger, remember_wandb_run
 from huatuo.validate import check_train_config, derived_accumulation
 
 log = get_logger(__name__)
@@ -160,8 +168,7 @@ class PrepareReport(Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 remember_wandb_run(logger, self.run_dir)
-                prepared = trainer.datamodule.prepared
-                log_prepare_to_wandb(prepared.stats, prepared.path / "schedule.png", logger)
+                log_to_wandb(trainer.datamodule.prepared, logger)
 
 
 def train(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dict[str, Any]:
