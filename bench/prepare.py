@@ -9,9 +9,10 @@ as the paper's nine-source mixture: short single-round Q&A, multi-round dialogue
 answers joined) for the literature/encyclopedia/books sources, written as JSONL in the formats the pipeline reads
 (unify, turn lists, OpenAI messages, ShareGPT). Everything is generated on the fly in a temporary folder.
 
-Tokenizer: by default the real Baichuan2 SentencePiece model (../shared/assets/baichuan2/tokenizer.model) converted
-to a fast tokenizer here and checked against ``sentencepiece`` on a few hundred texts; ``--tokenizer`` takes any
-``tokenizer.model`` or a folder/hub name that ``huatuo.backbone.load_tokenizer`` loads. Both sides use the same one.
+Tokenizer: by default the real Baichuan2 SentencePiece model (../shared/assets/baichuan2/tokenizer.model) rebuilt as
+a fast tokenizer by ``huatuo.backbone.load_tokenizer`` (as for a released Baichuan2/HuatuoGPT2 folder) and checked
+against ``sentencepiece`` on a few hundred texts; ``--tokenizer`` takes any ``tokenizer.model`` or a folder/hub name
+that ``load_tokenizer`` loads. Both sides use the same tokenizer object.
 
 Prints samples/s of both and their ratio (the baseline and the pipeline run on the same samples, and their rows
 are checked to be identical), the packing fill of greedy (the paper's) and best_fit at ``--max-len``, and the peak
@@ -55,38 +56,14 @@ MIXTURE = [
 
 
 # ---------------------------------------------------------------------------------------------------- tokenizer
-def sentencepiece_to_fast(model_file: str | Path):
-    """A ``PreTrainedTokenizerFast`` that encodes like ``sentencepiece`` does with this BPE model (no dummy prefix).
-
-    transformers' converter isolates SentencePiece's user-defined pieces (1,086 in Baichuan2: HTML tags, reserved
-    tokens, full-width digits and punctuation) with one regex alternation of all of them, which makes encoding
-    about 2.5x slower. Added tokens (an Aho-Corasick match) isolate the multi-character pieces just as well, and the
-    single characters need nothing: no BPE merge involves a user-defined piece, so nothing ever joins them.
-    """
-    from tokenizers import AddedToken
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import SentencePieceExtractor, SpmConverter
-
-    proto = SentencePieceExtractor(str(model_file)).proto
-    vocab = {piece.piece: i for i, piece in enumerate(proto.pieces)}
-    backend = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab)
-    user_defined = [p.piece for p in proto.pieces if p.type == 4]
-    if not proto.normalizer_spec.add_dummy_prefix:
-        merged = json.loads(backend.to_str())["model"]["merges"]
-        in_merges = {part for pair in merged for part in (pair if isinstance(pair, list) else pair.split(" "))}
-        isolate = [p for p in user_defined if len(p) > 1 or p in in_merges]
-        backend.pre_tokenizer = None
-        backend.add_tokens([AddedToken(p, normalized=False, special=False) for p in isolate])
-    unk, bos, eos = (proto.pieces[i].piece for i in range(3))
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token=unk, bos_token=bos, eos_token=eos, pad_token=unk)
-
-
 def load_bench_tokenizer(spec: str):
-    """``*.model``: convert the SentencePiece model here; anything else: ``huatuo.backbone.load_tokenizer``."""
-    if spec.endswith(".model"):
-        return sentencepiece_to_fast(spec)
+    """A ``tokenizer.model`` or a folder/hub name, loaded by ``huatuo.backbone.load_tokenizer`` (what users get)."""
     from huatuo.backbone import load_tokenizer
 
+    if spec.endswith(".model"):
+        if Path(spec).name != "tokenizer.model":
+            sys.exit(f"{spec}: name the SentencePiece model tokenizer.model, or pass its folder")
+        return load_tokenizer(str(Path(spec).parent), from_sentencepiece=True)
     return load_tokenizer(spec)
 
 
@@ -375,8 +352,8 @@ def main() -> None:
         texts += ["\n<答>：", "\n<问>：", "<p>表格</p><br/>", "１２３ｍｇ，每日3次。", "  多个  空格 ", "emoji 😀"]
         bad = check_against_sentencepiece(tokenizer, args.tokenizer, texts)
         print(
-            f"tokenizer: {args.tokenizer} as a fast tokenizer; {len(texts) - bad}/{len(texts)} texts encode exactly "
-            "as sentencepiece does"
+            f"tokenizer: {args.tokenizer} rebuilt by load_tokenizer; {len(texts) - bad}/{len(texts)} texts encode "
+            "exactly as sentencepiece does"
         )
         if bad:
             sys.exit("the converted tokenizer disagrees with sentencepiece; pass --tokenizer <folder> instead")

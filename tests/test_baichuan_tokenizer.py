@@ -47,15 +47,30 @@ MIXED = [
 ]
 
 
-def dialogue_texts(rows: int = 300) -> list[str]:
-    """Titles, questions and answers of the first ``rows`` real patient dialogues."""
+def dialogue_texts() -> list[str]:
+    """Titles, questions and answers of all 2,000 real patient dialogues, each also behind the template's markers."""
     texts: list[str] = []
     with open(DIALOGUES, encoding="utf-8", errors="replace", newline="") as handle:
-        for i, row in enumerate(csv.DictReader(handle)):
-            if i == rows:
-                break
-            texts += [row["title"], row["ask"], row["answer"]]
+        for row in csv.DictReader(handle):
+            fields = [row.get(key) or "" for key in ("title", "ask", "answer")]
+            texts += [*fields, "<问>：" + fields[1], "\n<问>：" + fields[0]]
     return texts
+
+
+def random_texts(sp, count: int = 3000) -> list[str]:
+    """Seeded random runs of pieces, user-defined pieces, rare and unassigned characters, spaces and newlines."""
+    import random
+
+    rng = random.Random(0)
+    pieces = [sp.id_to_piece(i).replace("▁", " ") for i in range(3, sp.get_piece_size()) if not sp.is_byte(i)]
+    draws = (
+        lambda: rng.choice(pieces),
+        lambda: chr(rng.randint(0x20, 0x2FFF)),  # Latin, Greek, Cyrillic, symbols, ...
+        lambda: chr(rng.randint(0x4E00, 0x9FFF)),  # CJK, most of them pieces
+        lambda: chr(rng.randint(0x10000, 0x2FFFF)),  # emoji, CJK Ext-B: byte fallback
+        lambda: rng.choice([" ", "  ", "\n", "\t", "。。。", "...", "<br/>", "<reserved_7>", "１２", "==", "->"]),
+    )
+    return ["".join(rng.choice(draws)() for _ in range(rng.randint(1, 30))) for _ in range(count)]
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +114,33 @@ def test_template_markers_encode_as_documented(pair):
     assert tokenizer("hi", add_special_tokens=False).input_ids == sp.encode("hi")  # no dummy prefix: not "▁hi"
 
 
-@pytest.mark.parametrize("kind", ["chinese", "english", "mixed"])
+@pytest.mark.parametrize("kind", ["chinese", "english", "mixed", "random"])
 def test_encoding_and_decoding_equal_sentencepiece(pair, kind):
     tokenizer, sp = pair
-    texts = {"chinese": dialogue_texts(), "english": ENGLISH, "mixed": MIXED}[kind]
+    texts = {"chinese": dialogue_texts(), "english": ENGLISH, "mixed": MIXED, "random": random_texts(sp)}[kind]
     ours = [e.ids for e in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
     theirs = sp.encode(texts)
     mismatches = [(t[:40], a[:12], b[:12]) for t, a, b in zip(texts, ours, theirs, strict=True) if a != b]
     assert not mismatches, f"{len(mismatches)} of {len(texts)} texts encode differently, e.g. {mismatches[:3]}"
     for text, ids in zip(texts, theirs, strict=True):
         assert tokenizer.decode(ids) == sp.decode(ids) == text  # identity normalisation: exact round trip
+
+
+def test_every_piece_of_the_vocabulary_alone_encodes_like_sentencepiece(pair):
+    # A text that is exactly one piece is where transformers' converter (ignore_merges) went wrong: 45 pieces such as
+    # "==", "->" or " Sylvia" came out whole, where sentencepiece's merges give several pieces.
+    tokenizer, sp = pair
+    texts = [sp.id_to_piece(i).replace("▁", " ") for i in range(3, sp.get_piece_size()) if not sp.is_byte(i)]
+    ours = [e.ids for e in tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+    mismatches = [(t, a, b) for t, a, b in zip(texts, ours, sp.encode(texts), strict=True) if a != b]
+    assert not mismatches, f"{len(mismatches)} of {len(texts)} pieces encode differently, e.g. {mismatches[:3]}"
+    assert tokenizer("==", add_special_tokens=False).input_ids == sp.encode("==") == [64, 64]
+
+
+def test_user_defined_pieces_are_added_tokens_and_nothing_pre_splits_the_text(pair):
+    # The construction that encodes ~3x faster than transformers' regex over all 1,086 user-defined pieces.
+    tokenizer, _ = pair
+    backend = tokenizer.backend_tokenizer
+    assert backend.pre_tokenizer is None and backend.model.ignore_merges is False
+    added = {token.content for token in tokenizer.added_tokens_decoder.values()}
+    assert {"<br/>", "。。。", "<SEP>", "..."} <= added and "，" not in added  # single characters never merge
