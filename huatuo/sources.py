@@ -362,8 +362,12 @@ def _iter_hub(spec: SourceSpec) -> Iterator[tuple[str, Any]]:
     from datasets import load_dataset
 
     dataset = load_dataset(
-        spec.hf_name, spec.hf_config, split=spec.hf_split, revision=spec.hf_revision,
-        data_files=spec.hf_data_files, streaming=True,
+        spec.hf_name,
+        spec.hf_config,
+        split=spec.hf_split,
+        revision=spec.hf_revision,
+        data_files=spec.hf_data_files,
+        streaming=True,
     )
     for index, record in enumerate(dataset):
         yield f"{spec.hf_name}[{spec.hf_split}] row {index}", record
