@@ -146,7 +146,7 @@ def test_paper_experiments_validate_and_keep_the_recipe(name, tmp_path, monkeypa
     t, d = cfg.trainer, cfg.data
     rows = d.micro_batch_size * t.devices * t.num_nodes * t.accumulate_grad_batches
     assert rows == cfg.global_batch_size == 128 and d.max_len == 4096 and rows * d.max_len == 524_288
-    assert cfg.optimizer.lr == 1e-4 and cfg.weight_decay == 0.1 and cfg.scheduler.warmup_ratio == 0.05
+    assert cfg.optimizer.lr == 1e-4 and cfg.weight_decay == 0.1 and cfg.scheduler.warmup_ratio == 0.01
     assert t.max_epochs == 2 and t.precision == "bf16-mixed" and cfg.backbone.model.gradient_checkpointing
     assert cfg.finetune._target_ == "huatuo.finetune.full_finetune" and cfg.strategy.stage == 3
     assert list(cfg.evaluate_with) == ["eval=pharmacist", "eval.mode=generate"]
@@ -161,3 +161,15 @@ def test_paper_experiments_validate_and_keep_the_recipe(name, tmp_path, monkeypa
         "FreedomIntelligence/HuatuoGPT2-Pretraining-Instruction",
         "FreedomIntelligence/HuatuoGPT2-SFT-GPT4-140K",
     }
+
+
+def test_prepare_and_plan_read_a_train_command_line_as_train_does(tmp_path):
+    # `python -m huatuo.prepare experiment=...` must prepare exactly the data the training run will look for
+    overrides = ["experiment=huatuogpt2_13b", "data.sources.sft.priority=2", *run_dir_overrides(tmp_path)]
+    train = compose_config("train", overrides)
+    for entry in ("prepare", "plan"):
+        other = compose_config(entry, overrides)
+        for key in ("data", "backbone"):
+            assert OmegaConf.to_container(other[key]) == OmegaConf.to_container(train[key]), (entry, key)
+        assert other.seed == train.seed
+    assert compose_config("prepare", overrides).force is False
