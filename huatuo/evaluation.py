@@ -508,7 +508,7 @@ def expand_run(argv: list[str]) -> list[str]:
         added.append(str(override))
     if added:
         log.info("run=%s evaluates with %s", folder, " ".join(added))
-    return [*added, *argv]
+    return [*argv, *added]  # after the user's: flags such as -m stay where the user put them
 
 
 def main() -> float | None:

@@ -177,17 +177,17 @@ def fake_run(folder: Path, evaluate_with: list[str] | None) -> Path:
 def test_run_folder_expands_to_its_export_and_its_suite_and_the_command_line_wins(tmp_path):
     run = fake_run(tmp_path / "run", ["eval=pharmacist", "eval.mode=generate"])
     export = f"model_path={run / 'export'}"
-    assert expand_run([f"run={run}"]) == [export, "eval=pharmacist", "eval.mode=generate", f"run={run}"]
+    assert expand_run([f"run={run}"]) == [f"run={run}", export, "eval=pharmacist", "eval.mode=generate"]
     # a key given on the command line is kept and the run's is left out
     mode = "eval.mode=loglik"
-    assert expand_run([f"run={run}", mode]) == [export, "eval=pharmacist", f"run={run}", mode]
+    assert expand_run([f"run={run}", mode]) == [f"run={run}", mode, export, "eval=pharmacist"]
     # another suite drops every eval setting of the run (judge suites have no eval.mode)
-    assert expand_run([f"run={run}", "eval=judge_inst"]) == [export, f"run={run}", "eval=judge_inst"]
+    assert expand_run([f"run={run}", "eval=judge_inst"]) == [f"run={run}", "eval=judge_inst", export]
     suite = ["eval=pharmacist", "eval.mode=generate"]
-    assert expand_run([f"run={run}", "model_path=X"]) == [*suite, f"run={run}", "model_path=X"]
+    assert expand_run(["-m", f"run={run}", "model_path=X"]) == ["-m", f"run={run}", "model_path=X", *suite]
     assert expand_run(["model_path=X", "eval=cmb"]) == ["model_path=X", "eval=cmb"]  # no run=: untouched
     older = fake_run(tmp_path / "older", None)  # a run from before evaluate_with existed: the default suite
-    assert expand_run([f"run={older}"]) == [f"model_path={older / 'export'}", f"run={older}"]
+    assert expand_run([f"run={older}"]) == [f"run={older}", f"model_path={older / 'export'}"]
 
 
 def test_run_folder_problems_name_the_folder_and_the_fix(tmp_path):
