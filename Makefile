@@ -8,7 +8,7 @@ TORCH_INDEX ?=
 BIN := $(VENV)/bin
 TORCH_ARGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: setup demo test test-fast lint format clean
+.PHONY: setup demo mini test test-fast lint format clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,9 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/python train.py
+
+mini: setup
+	$(BIN)/python -m huatuo.mini
 
 test: setup
 	$(BIN)/python -m pytest -q

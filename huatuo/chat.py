@@ -271,15 +271,17 @@ class HuatuoChat:
         settings = self.settings.updated(**overrides) if overrides else self.settings
         if overrides and (problems := settings.problems("override")):
             raise ValueError("; ".join(problems))
-        pieces = self._reply(messages, settings)
+        # A fresh flag per reply, made now rather than when the stream is first read: a late stop() cannot cut
+        # the next reply, and a stop() that lands while the prompt is still being fitted is not lost.
+        self._stop = threading.Event()
+        pieces = self._reply(messages, settings, self._stop)
         return pieces if stream else "".join(pieces)
 
-    def _reply(self, messages: Messages, settings: GenerationSettings) -> Iterator[str]:
+    def _reply(self, messages: Messages, settings: GenerationSettings, stop: threading.Event) -> Iterator[str]:
         started = time.perf_counter()
         fitted = self.fit(messages, settings.max_new_tokens)
-        self._stop = threading.Event()  # a fresh flag per reply: a late stop() cannot cut the next one
         tokenizer = self.loaded.tokenizer
-        streamer = ReplyStreamer(tokenizer, self.stop_text, self._stop)
+        streamer = ReplyStreamer(tokenizer, self.stop_text, stop)
         kwargs = {
             "input_ids": fitted.input_ids,
             "attention_mask": torch.ones_like(fitted.input_ids),
@@ -303,7 +305,7 @@ class HuatuoChat:
                 stats.pieces += 1
                 yield piece
         finally:  # also when the caller stops reading: end generation instead of leaving it running
-            self._stop.set()
+            stop.set()
             finished.wait()
             stats.new_tokens = len(streamer.ids)
             stats.seconds = time.perf_counter() - started
@@ -392,11 +394,12 @@ class ChatSession:
         messages = [*self.history, {"role": "user", "content": message}]
         self._write(f"{self.name}: ")  # the label of the paper's cli_demo, which users know
         handle_ctrl_c = threading.current_thread() is threading.main_thread()  # signals reach the main thread only
+        stream = self.chat.chat(messages, stream=True)  # makes this reply's stop flag, so Ctrl-C from here on counts
         if handle_ctrl_c:
             previous = signal.signal(signal.SIGINT, lambda *_: self.chat.stop())
         pieces: list[str] = []
         try:
-            for piece in self.chat.chat(messages, stream=True):
+            for piece in stream:
                 pieces.append(piece)
                 self._write(piece)
         except (ContextTooLong, ConversationError, torch.cuda.OutOfMemoryError) as err:

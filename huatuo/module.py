@@ -41,13 +41,37 @@ def cosine_with_warmup(
     return LambdaLR(optimizer, factor)
 
 
-def parameter_groups(named: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float) -> list[dict]:
-    """AdamW groups: decay on matrices, none on biases and normalisation weights (all 1-D parameters)."""
-    decay, no_decay = [], []
-    for name, param in named:
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+_NORM_TYPES = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.RMSNorm, torch.nn.modules.batchnorm._NormBase)
+
+
+def is_norm(module: torch.nn.Module) -> bool:
+    """A normalisation layer: torch's own, or a model's class named ``...Norm`` (LlamaRMSNorm, BaichuanRMSNorm)."""
+    return isinstance(module, _NORM_TYPES) or type(module).__name__.endswith("Norm")
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on weight matrices, none on biases, normalisation weights or other 1-D parameters.
+
+    Decided per module and parameter name, not by the tensor's shape alone: under DeepSpeed ZeRO-3 every parameter is
+    an empty 1-D partition (its real shape is ``ds_shape``) and under FSDP1 a 1-D view of a flat shard, so a shape
+    test would put every parameter in the no-decay group and switch weight decay off unnoticed. Under FSDP1 the
+    real rank is unknown, so there only biases and normalisation layers are exempt. Shared parameters (tied
+    embeddings) count once.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    flat_views = any(isinstance(m, FullyShardedDataParallel) for m in model.modules())
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        norm = is_norm(module)
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            shape = getattr(param, "ds_shape", None)
+            rank = len(shape) if shape is not None else (None if flat_views else param.ndim)
+            exempt = norm or name == "bias" or (rank is not None and rank < 2)
+            (no_decay if exempt else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -283,7 +307,7 @@ class CausalLMModule(L.LightningModule):
             torch._foreach_mul_(group, coefficient.to(device=device, dtype=dtype))
 
     def configure_optimizers(self):
-        params = parameter_groups(self.trainer.model.named_parameters(), self.weight_decay)
+        params = parameter_groups(self.trainer.model, self.weight_decay)
         if offloads_optimizer(self.trainer.strategy):
             optimizer = cpu_adam(self.optimizer_factory, params)  # ZeRO-Offload steps on the CPU
         else:

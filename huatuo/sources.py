@@ -68,6 +68,7 @@ class SourceSpec:
     hf_split: str = "train"
     hf_config: str | None = None
     hf_revision: str | None = None  # hf: a commit or tag; pins the data (and the prepared cache) exactly
+    hf_data_files: str | list[str] | None = None  # hf: files of the repository to read (for files no config names)
 
     def files(self) -> list[Path]:
         """The files of this source, globs expanded (sorted), in config order."""
@@ -360,7 +361,14 @@ def _iter_parquet(path: Path) -> Iterator[tuple[str, Any]]:
 def _iter_hub(spec: SourceSpec) -> Iterator[tuple[str, Any]]:
     from datasets import load_dataset
 
-    dataset = load_dataset(spec.hf_name, spec.hf_config, split=spec.hf_split, revision=spec.hf_revision, streaming=True)
+    dataset = load_dataset(
+        spec.hf_name,
+        spec.hf_config,
+        split=spec.hf_split,
+        revision=spec.hf_revision,
+        data_files=spec.hf_data_files,
+        streaming=True,
+    )
     for index, record in enumerate(dataset):
         yield f"{spec.hf_name}[{spec.hf_split}] row {index}", record
 

@@ -167,6 +167,20 @@ def test_stop_ends_a_long_reply_early(loaded):
     assert len(chat.chat(QUESTION, max_new_tokens=8, min_new_tokens=8)) > 0  # the next reply is not cut by it
 
 
+def test_stop_before_the_first_piece_is_not_lost(loaded):
+    # Ctrl-C can land while the prompt is still being fitted (before generation starts): it must still count.
+    chat = HuatuoChat(loaded, {"do_sample": False, "max_new_tokens": 500, "min_new_tokens": 500})
+    stream = chat.chat(QUESTION, stream=True)
+    chat.stop()
+    reply = "".join(stream)
+    assert chat.last.finish_reason == "stopped" and chat.last.new_tokens <= 1
+    assert len(reply) <= 8
+    chat.stop()  # a stop() between replies does not cut the next one
+    assert chat.last.finish_reason == "stopped"
+    chat.chat(QUESTION, max_new_tokens=8, min_new_tokens=8)
+    assert chat.last.finish_reason == "length" and chat.last.new_tokens == 8
+
+
 def test_seeded_sampling_repeats(loaded):
     chat = HuatuoChat(loaded, {"max_new_tokens": 16, "seed": 3, "temperature": 1.0, "top_p": 1.0})
     assert chat.chat(QUESTION) == chat.chat(QUESTION)

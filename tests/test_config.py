@@ -7,6 +7,7 @@ import inspect
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -129,3 +130,46 @@ def test_validator_collects_every_problem_at_once(tmp_path):
     message = str(err.value)
     for key in ("strategy=deepspeed", "data.micro_batch_size=0", "data.max_len=100000", "resume="):
         assert key in message
+
+
+@pytest.mark.parametrize("name", ["huatuogpt2_7b", "huatuogpt2_13b", "huatuogpt2_34b"])
+def test_paper_experiments_validate_and_keep_the_recipe(name, tmp_path, monkeypatch):
+    import huatuo.validate
+
+    cfg = compose_config("train", [f"experiment={name}", *run_dir_overrides(tmp_path)])
+    with pytest.raises(ConfigError, match="no CUDA device is visible") as raised:
+        check_train_config(cfg)  # on this CPU machine the only complaint is the missing GPUs
+    assert str(raised.value).count("\n  - ") == 1
+    monkeypatch.setattr(huatuo.validate, "_cuda_available", lambda: True)  # as on a node of the assumed hardware
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    check_train_config(cfg)
+    t, d = cfg.trainer, cfg.data
+    rows = d.micro_batch_size * t.devices * t.num_nodes * t.accumulate_grad_batches
+    assert rows == cfg.global_batch_size == 128 and d.max_len == 4096 and rows * d.max_len == 524_288
+    assert cfg.optimizer.lr == 1e-4 and cfg.weight_decay == 0.1 and cfg.scheduler.warmup_ratio == 0.01
+    assert t.max_epochs == 2 and t.precision == "bf16-mixed" and cfg.backbone.model.gradient_checkpointing
+    assert cfg.finetune._target_ == "huatuo.finetune.full_finetune" and cfg.strategy.stage == 3
+    assert list(cfg.evaluate_with) == ["eval=pharmacist", "eval.mode=generate"]
+    # the paper's mixture, read from the data its authors released on the hub
+    sources = cfg.data.sources
+    priorities = {name: (s.priority, s.epochs) for name, s in sources.items()}
+    assert priorities == {
+        "web_cn": (32, 1), "web_en": (32, 1), "literature_cn": (16, 1), "literature_en": (16, 1),
+        "encyclopedia_cn": (8, 1), "encyclopedia_en": (8, 1), "books_cn": (4, 1), "books_en": (4, 1), "sft": (1, 3),
+    }  # fmt: skip
+    assert {s.hf_name for s in sources.values()} == {
+        "FreedomIntelligence/HuatuoGPT2-Pretraining-Instruction",
+        "FreedomIntelligence/HuatuoGPT2-SFT-GPT4-140K",
+    }
+
+
+def test_prepare_and_plan_read_a_train_command_line_as_train_does(tmp_path):
+    # `python -m huatuo.prepare experiment=...` must prepare exactly the data the training run will look for
+    overrides = ["experiment=huatuogpt2_13b", "data.sources.sft.priority=2", *run_dir_overrides(tmp_path)]
+    train = compose_config("train", overrides)
+    for entry in ("prepare", "plan"):
+        other = compose_config(entry, overrides)
+        for key in ("data", "backbone"):
+            assert OmegaConf.to_container(other[key]) == OmegaConf.to_container(train[key]), (entry, key)
+        assert other.seed == train.seed
+    assert compose_config("prepare", overrides).force is False

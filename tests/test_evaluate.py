@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from huatuo.evaluation import EvalConfigError, check_eval_config, evaluate
+from huatuo.evaluation import EvalConfigError, RunFolderError, check_eval_config, evaluate, expand_run
 from tests.helpers import ROOT, compose_config, run_script
 from tests.servers import make_tiny_checkpoint
 
@@ -163,3 +163,39 @@ def test_named_suites_read_their_hub_splits_through_the_same_record_reader(tmp_p
     pharmacist = load_suite(config(tmp_path, "eval=pharmacist", "eval.limit=1").eval)
     assert [c[0].rsplit("-", 1)[-1] for c in calls] == ["Pharmacy_track", "TCM_track"]
     assert len(pharmacist.questions) == 1 and pharmacist.filtered == 1  # every question accounted for
+
+
+def fake_run(folder: Path, evaluate_with: list[str] | None) -> Path:
+    (folder / ".hydra").mkdir(parents=True)
+    config = {"seed": 1} if evaluate_with is None else {"evaluate_with": evaluate_with}
+    (folder / ".hydra" / "config.yaml").write_text(json.dumps(config))
+    (folder / "export").mkdir()
+    (folder / "export" / "config.json").write_text("{}")
+    return folder
+
+
+def test_run_folder_expands_to_its_export_and_its_suite_and_the_command_line_wins(tmp_path):
+    run = fake_run(tmp_path / "run", ["eval=pharmacist", "eval.mode=generate"])
+    export = f"model_path={run / 'export'}"
+    assert expand_run([f"run={run}"]) == [f"run={run}", export, "eval=pharmacist", "eval.mode=generate"]
+    # a key given on the command line is kept and the run's is left out
+    mode = "eval.mode=loglik"
+    assert expand_run([f"run={run}", mode]) == [f"run={run}", mode, export, "eval=pharmacist"]
+    # another suite drops every eval setting of the run (judge suites have no eval.mode)
+    assert expand_run([f"run={run}", "eval=judge_inst"]) == [f"run={run}", "eval=judge_inst", export]
+    suite = ["eval=pharmacist", "eval.mode=generate"]
+    assert expand_run(["-m", f"run={run}", "model_path=X"]) == ["-m", f"run={run}", "model_path=X", *suite]
+    assert expand_run(["model_path=X", "eval=cmb"]) == ["model_path=X", "eval=cmb"]  # no run=: untouched
+    older = fake_run(tmp_path / "older", None)  # a run from before evaluate_with existed: the default suite
+    assert expand_run([f"run={older}"]) == [f"run={older}", f"model_path={older / 'export'}"]
+
+
+def test_run_folder_problems_name_the_folder_and_the_fix(tmp_path):
+    with pytest.raises(RunFolderError, match=r"run=.*nowhere: .*config.yaml not found; give the folder a train run"):
+        expand_run([f"run={tmp_path / 'nowhere'}"])
+    unfinished = fake_run(tmp_path / "unfinished", [])
+    (unfinished / "export" / "config.json").unlink()
+    with pytest.raises(RunFolderError, match=r"no export in .*resume=auto"):
+        expand_run([f"run={unfinished}"])
+    with pytest.raises(RunFolderError, match="give one train run folder"):
+        expand_run(["run=a,b"])

@@ -114,6 +114,19 @@ def test_hub_format_streams_a_dataset_without_the_network(tmp_path, monkeypatch)
     assert read(spec) == DIALOGUES
 
 
+def test_hub_data_files_pick_one_file_of_a_repository(tmp_path, monkeypatch):
+    # The released pretraining instructions have a file no config names (books_cn): hf_data_files selects it.
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tmp_path / "hub_dataset"
+    (folder / "data").mkdir(parents=True)
+    released = [{"id": str(i), **sharegpt(d)} for i, d in enumerate(DIALOGUES)]
+    write_jsonl(folder / "data" / "books_cn.jsonl", released[:2])
+    write_jsonl(folder / "data" / "web_cn.jsonl", released[2:])
+    spec = SourceSpec(name="s", format="hf", hf_name=str(folder), hf_data_files="data/books_cn.jsonl")
+    assert read(spec) == DIALOGUES[:2]
+
+
 def test_globs_expand_in_sorted_order_and_files_keep_config_order(tmp_path):
     for i, dialogue in enumerate(DIALOGUES):
         write_jsonl(tmp_path / f"part-{i}.jsonl", [dialogue])

@@ -108,6 +108,7 @@ def test_multirun_sweep_writes_one_export_and_resolved_config_per_job(tmp_path):
             "data.max_len=256",
             "logger=none",
             "trainer.enable_progress_bar=false",
+            "evaluate_with=['eval=demo','eval.limit=5']",
             f"hydra.sweep.dir={sweep}",
             f"paths.cache_dir={tmp_path / 'cache'}",
         ],
@@ -124,3 +125,9 @@ def test_multirun_sweep_writes_one_export_and_resolved_config_per_job(tmp_path):
     # different priorities give different prepared data (different fingerprints)
     fingerprints = {json.loads((sweep / j / "stats.json").read_text())["fingerprint"] for j in ("0", "1")}
     assert len(fingerprints) == 2
+    # evaluate.py run=<job folder> scores that job's export on the suite the run names (evaluate_with)
+    scored = tmp_path / "scored"
+    run_script(["evaluate.py", f"run={sweep / '1'}", f"hydra.run.dir={scored}", "progress=false"], cwd=ROOT)
+    resolved = yaml.safe_load((scored / "resolved_config.yaml").read_text())
+    assert resolved["model_path"] == str(sweep / "1" / "export") and resolved["run"] == str(sweep / "1")
+    assert json.loads((scored / "results.json").read_text())["summary"]["n"] == 5

@@ -181,7 +181,7 @@ def test_scripted_passages_end_accepted_or_rejected_with_the_right_reason(tmp_pa
     # The prepare stage reads the output as a data source, auto-detected and as format unify.
     for fmt in ("auto", "unify"):
         spec = SourceSpec(name="unified", paths=[str(tmp_path / "out" / "unified.jsonl")], format=fmt)
-        pairs = list(iter_conversations(spec, "raise", LoadReport()))
+        pairs = [turns for _, turns in iter_conversations(spec, "raise", LoadReport())]
         assert sorted(pairs) == sorted([r["question"], r["answer"]] for r in accepted)
 
 
