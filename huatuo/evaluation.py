@@ -508,7 +508,8 @@ def expand_run(argv: list[str]) -> list[str]:
         added.append(str(override))
     if added:
         log.info("run=%s evaluates with %s", folder, " ".join(added))
-    return [*argv, *added]  # after the user's: flags such as -m stay where the user put them
+    at = argv.index(runs[0]) + 1  # right after run=: Hydra's argument parser wants the overrides in one run
+    return [*argv[:at], *added, *argv[at:]]
 
 
 def main() -> float | None:

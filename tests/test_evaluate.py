@@ -180,11 +180,13 @@ def test_run_folder_expands_to_its_export_and_its_suite_and_the_command_line_win
     assert expand_run([f"run={run}"]) == [f"run={run}", export, "eval=pharmacist", "eval.mode=generate"]
     # a key given on the command line is kept and the run's is left out
     mode = "eval.mode=loglik"
-    assert expand_run([f"run={run}", mode]) == [f"run={run}", mode, export, "eval=pharmacist"]
+    assert expand_run([f"run={run}", mode]) == [f"run={run}", export, "eval=pharmacist", mode]
     # another suite drops every eval setting of the run (judge suites have no eval.mode)
-    assert expand_run([f"run={run}", "eval=judge_inst"]) == [f"run={run}", "eval=judge_inst", export]
+    assert expand_run([f"run={run}", "eval=judge_inst"]) == [f"run={run}", export, "eval=judge_inst"]
     suite = ["eval=pharmacist", "eval.mode=generate"]
-    assert expand_run(["-m", f"run={run}", "model_path=X"]) == ["-m", f"run={run}", "model_path=X", *suite]
+    assert expand_run(["-m", f"run={run}", "model_path=X"]) == ["-m", f"run={run}", *suite, "model_path=X"]
+    # flags keep their place: the added overrides sit right after run=, where the parser expects overrides
+    assert expand_run([f"run={run}", "--cfg", "job"]) == [f"run={run}", export, *suite, "--cfg", "job"]
     assert expand_run(["model_path=X", "eval=cmb"]) == ["model_path=X", "eval=cmb"]  # no run=: untouched
     older = fake_run(tmp_path / "older", None)  # a run from before evaluate_with existed: the default suite
     assert expand_run([f"run={older}"]) == [f"run={older}", f"model_path={older / 'export'}"]
