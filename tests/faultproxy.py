@@ -72,8 +72,16 @@ class FaultProxy:
         self._thread.join(timeout=10)
 
     def choose(self, body: bytes) -> str | None:
-        """The fault for this request (None: forward it), a function of the seed, the body and its repeat count."""
-        digest = hashlib.sha256(body).hexdigest()
+        """The fault for this request (None: forward it), a function of the seed, the messages and their repeat count.
+
+        Only the messages count, not the whole body: the model name is often a temporary folder's path, which would
+        make the faults differ from run to run.
+        """
+        try:
+            key = json.dumps(json.loads(body).get("messages"), ensure_ascii=False, sort_keys=True).encode()
+        except (ValueError, AttributeError):
+            key = body
+        digest = hashlib.sha256(key).hexdigest()
         with self._lock:
             repeat = self._seen[digest]
             self._seen[digest] += 1
