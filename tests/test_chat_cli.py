@@ -97,8 +97,9 @@ def test_ctrl_c_stops_a_long_reply_and_the_session_goes_on(export_dir):
         prompts.append(prompt)
         child.expect("用户：", timeout=60)
     assert prompts[1] > prompts[0]  # the stopped reply stayed in the history
-    # At the prompt Ctrl-C does not quit. Give readline a moment to take the terminal first: once in CI a Ctrl-C sent
-    # the instant the prompt appeared went unanswered (never seen in 24 local tries; no person types that fast).
+    # At the prompt Ctrl-C does not quit. Wait until input() sits in its select(): CPython's readline loop prints the
+    # prompt, then selects; a SIGINT handled in between leaves select() waiting for a key (it happened once in CI,
+    # where the Ctrl-C was sent the instant the prompt appeared; no person types that fast).
     time.sleep(0.5)
     child.sendintr()
     child.expect("输入 stop 或按 Ctrl-D 退出")
