@@ -140,7 +140,7 @@ def bare_steps(cfg) -> Steps:
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
     model = instantiate(cfg.backbone.model)()
     model.train()
-    optimizer = instantiate(cfg.optimizer)(parameter_groups(model.named_parameters(), cfg.weight_decay))
+    optimizer = instantiate(cfg.optimizer)(parameter_groups(model, cfg.weight_decay))
     scheduler = cosine_with_warmup(optimizer, total_steps=cfg.trainer.max_steps, warmup_ratio=0.05)
     steps = Steps()
     for step, batch in enumerate(loader):
