@@ -1,0 +1,45 @@
+"""The benchmarks in bench/ still run against the code they measure (tiny budgets; no timing is asserted).
+
+A benchmark that fell behind an API change would otherwise only be found the next time someone measures.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+
+from tests.helpers import BAICHUAN_TOKENIZER, run_script
+
+pytestmark = pytest.mark.slow
+
+CASES = {
+    "train_step": (
+        ["--steps", "36", "--warmup", "2", "--rounds", "1", "--override", "data.max_len=128"],
+        [r"framework overhead, median of rounds: wall ([-+]\d+\.\d)%", r"isolated/not: wall (\d+\.\d+)"],
+    ),
+    "chat": (["--new-tokens", "16", "--repeats", "1"], [r"\| tiny-demo 256x4 \| (\d+\.\d) ms"]),
+    "eval": (
+        ["--hidden", "64", "--layers", "2", "--max-new-tokens", "8", "--repeats", "1", "--generate-repeats", "1"],
+        [r"batched vs unbatched loglik: (\d+\.\d)x", r"identical predictions: (48)/48"],
+    ),
+    "unify": (["--latency", "0.05", "--passages", "8", "--concurrency", "4"], [r"ideal speedup (4)x"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_benchmark_runs_and_prints_its_numbers(name):
+    args, patterns = CASES[name]
+    result = run_script([f"bench/{name}.py", *args], timeout=600)
+    for pattern in patterns:
+        found = re.search(pattern, result.stdout)
+        assert found, f"bench/{name}.py printed no line matching {pattern!r}:\n{result.stdout[-2000:]}"
+        assert math.isfinite(float(found.group(1)))
+
+
+@pytest.mark.skipif(not BAICHUAN_TOKENIZER.is_file(), reason="needs ../shared/assets/baichuan2/tokenizer.model")
+def test_tokenizer_benchmark_finds_no_piece_unlike_sentencepiece():
+    result = run_script(["bench/tokenizer.py", "--repeat", "1"], timeout=600)
+    assert "identical ids on" in result.stdout and ": True" in result.stdout
+    assert "huatuo: 0 of" in result.stdout
