@@ -369,6 +369,18 @@ class ChatSession:
             except ImportError:  # Windows
                 pass
         self._write(BANNER.format(name=self.name) + "\n")
+        if threading.current_thread() is threading.main_thread():
+            # Ctrl-C must reach us even when this process was started with SIGINT ignored (an ignored signal is
+            # inherited from the parent: some launchers and test runners leave it so), or the prompt would not
+            # answer it. During a reply `reply` installs its own handler on top of this one.
+            previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+            try:
+                return self._loop()
+            finally:
+                signal.signal(signal.SIGINT, previous)
+        return self._loop()
+
+    def _loop(self) -> int:
         while True:
             try:
                 message = self.read_message()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -29,8 +30,16 @@ def export_dir(tmp_path_factory):
     return export_checkpoint(tmp_path_factory.mktemp("chat_cli") / "export")
 
 
+def ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def spawn_chat(*overrides: str) -> pexpect.spawn:
-    """chat.py in a pseudo-terminal, as typed in a shell (stdout and stderr both reach the terminal)."""
+    """chat.py in a pseudo-terminal, as typed in a shell (stdout and stderr both reach the terminal).
+
+    The child starts with SIGINT ignored, as it inherits from launchers that ignore it (and from this test process
+    after some libraries ran): Ctrl-C must work anyway, because chat.py installs its own handling.
+    """
     child = pexpect.spawn(
         sys.executable,
         [str(ROOT / "chat.py"), *overrides],
@@ -39,6 +48,7 @@ def spawn_chat(*overrides: str) -> pexpect.spawn:
         encoding="utf-8",
         timeout=180,  # startup on a busy 2-core machine; every wait below is bounded
         dimensions=(50, 200),
+        preexec_fn=ignore_sigint,
     )
     child.expect("用户：")  # the banner, then the first prompt
     return child
@@ -97,10 +107,10 @@ def test_ctrl_c_stops_a_long_reply_and_the_session_goes_on(export_dir):
         prompts.append(prompt)
         child.expect("用户：", timeout=60)
     assert prompts[1] > prompts[0]  # the stopped reply stayed in the history
-    # At the prompt Ctrl-C does not quit. Wait until input() sits in its select(): CPython's readline loop prints the
-    # prompt, then selects; a SIGINT handled in between leaves select() waiting for a key (it happened once in CI,
-    # where the Ctrl-C was sent the instant the prompt appeared; no person types that fast).
-    time.sleep(0.5)
+    # At the prompt Ctrl-C does not quit (the child started with SIGINT ignored: see spawn_chat). The pause lets
+    # input() reach its select(): CPython's readline loop prints the prompt first, and a SIGINT handled in between
+    # would wait for the next key; no person types that fast.
+    time.sleep(0.2)
     child.sendintr()
     child.expect("输入 stop 或按 Ctrl-D 退出")
     child.expect("用户：")
