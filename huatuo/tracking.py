@@ -139,7 +139,11 @@ class OfflineRun:
 
 
 def _records(data: bytes) -> list[bytes]:
-    """The payloads of a LevelDB-style log: 32 KiB blocks of records with a 7-byte header (crc, length, type)."""
+    """The payloads of a LevelDB-style log: 32 KiB blocks of records with a 7-byte header (crc, length, type).
+
+    A file that wandb is still writing ends in a record cut short (or in zeroes not yet written): reading stops
+    there, so a live run reads as the complete records so far.
+    """
     block, header = 32768, 7
     position, pending, payloads = header, b"", []  # the file starts with its own 7-byte header
     while position + header <= len(data):
@@ -147,6 +151,8 @@ def _records(data: bytes) -> list[bytes]:
             position += block - position % block
             continue
         _, length, kind = struct.unpack("<IHB", data[position : position + header])
+        if kind not in (1, 2, 3, 4) or position + header + length > len(data):
+            break  # not written yet (a torn last record)
         chunk = data[position + header : position + header + length]
         position += header + length
         if kind == 1:  # FULL

@@ -42,6 +42,14 @@ def test_wandb_offline_run_holds_the_metrics_config_and_prepare_report(train_con
         time.sleep(0.5)
         run = read_wandb_run(files[0])
 
+    # a file still being written reads as its complete records so far (wandb writes it asynchronously)
+    data = files[0].read_bytes()
+    for cut in (len(data) // 3, len(data) // 2, len(data) - 3):
+        torn = tmp_path / f"torn-{cut}.wandb"
+        torn.write_bytes(data[:cut])
+        partial = read_wandb_run(torn)
+        assert partial.history == run.history[: len(partial.history)]
+
     steps = [row for row in run.history if "train/loss" in row]
     assert [row["trainer/global_step"] for row in steps] == [0, 1, 2]
     for row in steps:
