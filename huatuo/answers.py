@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from huatuo.exams import parse_jsonl
 from huatuo.inference import LoadedModel
 from huatuo.template import USER_PREFIX
 
@@ -130,14 +131,7 @@ def _records(path: Path) -> list[Any]:
         if not isinstance(data, list):
             raise AnswerFileError(f"{path}: expected a JSON list of records")
         return data
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise AnswerFileError(f"{path}:{number}: not valid JSON ({err}); fix or delete the line") from None
-    return records
+    return parse_jsonl(text, path, AnswerFileError)
 
 
 def generate_answers(

@@ -253,23 +253,24 @@ def record_to_question(
 def _read_json_or_jsonl(path: Path) -> Any:
     text = path.read_text(encoding="utf-8-sig")
     if path.suffix == ".jsonl":
-        return _jsonl(text, path)
+        return parse_jsonl(text, path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
         if "Extra data" in str(err):  # a .json file holding one object per line (MedMCQA)
-            return _jsonl(text, path)
+            return parse_jsonl(text, path)
         raise ExamDataError(f"{path}: not valid JSON ({err}); fix the file or convert it to JSONL") from None
 
 
-def _jsonl(text: str, path: Path) -> list[Any]:
+def parse_jsonl(text: str, path: Path, error: type[ValueError] = ExamDataError) -> list[Any]:
+    """The records of a JSONL text; a bad line raises ``error`` naming ``path:line`` (blank lines are skipped)."""
     records = []
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as err:
-                raise ExamDataError(f"{path}:{number}: not valid JSON ({err}); fix or delete the line") from None
+                raise error(f"{path}:{number}: not valid JSON ({err}); fix or delete the line") from None
     return records
 
 
