@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -162,8 +163,9 @@ class LoadedModel:
     def encode(self, text: str) -> torch.Tensor:
         """Token ids of a rendered prompt, on the model's device (no extra special tokens: the prompt is complete)."""
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is not None:  # the Rust tokenizer directly, as training's encoder does: ~3x less overhead
-            return torch.tensor([backend.encode(text, add_special_tokens=False).ids], device=self.device)
+        if backend is not None:  # the Rust tokenizer directly, as training's encoder does; no offsets computed
+            ids = backend.encode_batch_fast([text], add_special_tokens=False)[0].ids  # 30 us vs 110 us via encode()
+            return torch.from_numpy(np.asarray(ids, dtype=np.int64)).unsqueeze(0).to(self.device)
         ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
         return ids.to(self.device)
 
