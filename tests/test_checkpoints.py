@@ -30,25 +30,13 @@ POISON = 'raise RuntimeError("remote code from the model folder ran")\n'
 @pytest.fixture(scope="module")
 def sentencepiece_model(tmp_path_factory) -> Path:
     """A small SentencePiece BPE model set up like Baichuan2's: identity normaliser, no dummy prefix, byte fallback."""
-    import sentencepiece as spm
-
-    demo = json.loads(Path(huatuo.asset_path("demo/huatuo2_demo.json")).read_text(encoding="utf-8"))
-    lines = [text for records in demo.values() for record in records for text in _strings(record)]
-    folder = tmp_path_factory.mktemp("spm")
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines),
-        model_prefix=str(folder / "tokenizer"),
-        vocab_size=2400,
-        model_type="bpe",
-        byte_fallback=True,
+    return _train_sentencepiece(
+        tmp_path_factory.mktemp("spm"),
+        symbols=("\n", "：", "<问>", "<答>"),
         add_dummy_prefix=False,
         remove_extra_whitespaces=False,
         normalization_rule_name="identity",  # Baichuan2 normalizes nothing (no NFKC charsmap)
-        character_coverage=0.995,  # rarer characters go through byte fallback, as in Baichuan2
-        user_defined_symbols=["\n", "：", "<问>", "<答>"],
-        minloglevel=2,
     )
-    return folder / "tokenizer.model"
 
 
 def _strings(node) -> list[str]:
@@ -270,8 +258,13 @@ def test_backbone_configs_load_a_local_copy_through_path(option, position_embedd
     torch.testing.assert_close(logits(model.eval(), ids), logits(source, ids))
 
 
-def _train_sentencepiece(folder: Path, **settings) -> Path:
-    """A small SentencePiece BPE model on the demo texts, with multi-character user-defined pieces too."""
+def _train_sentencepiece(
+    folder: Path, symbols: tuple[str, ...] = ("\n", "：", "<问>", "<答>", "...", "--", "<p>"), **settings
+) -> Path:
+    """A small SentencePiece BPE model on the demo texts; by default with multi-character user-defined pieces too.
+
+    Rarer characters (coverage 0.995) go through byte fallback, as in Baichuan2.
+    """
     import sentencepiece as spm
 
     demo = json.loads(Path(huatuo.asset_path("demo/huatuo2_demo.json")).read_text(encoding="utf-8"))
@@ -284,7 +277,7 @@ def _train_sentencepiece(folder: Path, **settings) -> Path:
         model_type="bpe",
         byte_fallback=True,
         character_coverage=0.995,
-        user_defined_symbols=["\n", "：", "<问>", "<答>", "...", "--", "<p>"],
+        user_defined_symbols=list(symbols),
         minloglevel=2,
         **settings,
     )
