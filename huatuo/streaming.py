@@ -1,8 +1,9 @@
 """Streaming generated text out of ``model.generate``: incremental decoding, a stop flag, a stop text.
 
-``generate`` runs on a ``GenerationWorker`` thread and pushes token ids into a ``ReplyStreamer``; the reader
-iterates over text pieces. Used by the chat (``huatuo.chat``) and by anything else that wants a reply as it is
-written.
+``generate`` pushes token ids into a ``ReplyStreamer``, which turns them into settled text pieces. Either the
+pieces go straight to a callback in the generating thread (``sink``: what ``chat.py`` uses, no thread hand-off),
+or ``generate`` runs on a ``GenerationWorker`` thread and a reader iterates over the pieces (``HuatuoChat.chat(...,
+stream=True)`` and anything else that wants a reply as an iterator).
 """
 
 from __future__ import annotations
@@ -32,17 +33,26 @@ def _held_prefix(text: str, stop_text: str) -> int:
 
 
 class ReplyStreamer(BaseStreamer):
-    """Receives generated ids from ``generate`` and hands out text pieces through a queue.
+    """Receives generated ids from ``generate`` and hands out text pieces, to a reader thread or to a callback.
 
     Decoding is incremental (only a short window of ids is decoded per token, so long replies stay cheap; HF's
     TextStreamer re-decodes the whole line every token) and ends with one full decode that settles what is left,
     so the pieces join to ``tokenizer.decode(new_ids, skip_special_tokens=True)``.
     Text that could begin ``stop_text`` is held back until it is clear; if the model starts a new user turn the
     reply is cut there and generation stops.
+
+    Without ``sink`` the pieces go through a queue to a reader in another thread (iterate over the streamer).
+    With ``sink``, ``generate`` runs in the caller's thread and every settled piece is passed to ``sink`` at once:
+    no thread, no hand-off, which is what the terminal uses.
     """
 
     def __init__(
-        self, tokenizer, stop_text: str | None, stop_event: threading.Event, flush_every: float = 0.02
+        self,
+        tokenizer,
+        stop_text: str | None,
+        stop_event: threading.Event,
+        flush_every: float = 0.02,
+        sink: Callable[[str], object] | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.stop_text = stop_text
@@ -50,6 +60,7 @@ class ReplyStreamer(BaseStreamer):
         # Text is handed over at most every `flush_every` seconds (the first piece at once): a reader woken for
         # every token of a fast model costs the generating thread GIL hand-offs, ~0.1-0.2 ms a token on CPU.
         self.flush_every = flush_every
+        self.sink = sink
         self._unsent = ""
         self._last_flush = 0.0
         self.ids: list[int] = []
@@ -60,8 +71,10 @@ class ReplyStreamer(BaseStreamer):
         self._held = ""
         self._prefix = self._read = 0  # decode window: ids[_prefix:_read] were decoded last time
         self._prompt_seen = False
-        self._ended = False
-        self._queue: queue.Queue = queue.Queue()
+        self._ended = self._closed = False
+        self._in_run = False  # inside run(): the stream closes only once generate has returned
+        self._read_to_end = sink is not None  # with a sink there is nothing to read
+        self._queue: queue.Queue | None = queue.Queue() if sink is None else None
 
     def should_stop(self) -> bool:
         """Polled by generate's stopping criteria after every token."""
@@ -97,17 +110,24 @@ class ReplyStreamer(BaseStreamer):
                 if keep:
                     buffer, self._held = buffer[:-keep], buffer[-keep:]
         if buffer:
-            first = not self.text
-            self.text += buffer
-            self._unsent += buffer
-            if first or time.perf_counter() - self._last_flush >= self.flush_every:
-                self._flush()
-            if first:
-                # Hand the GIL to the reader now, or generate's loop may keep it for up to the 5 ms switch
-                # interval. sched_yield drops the GIL and yields the core at once; time.sleep(0) would also wait
-                # out the kernel's timer slack (~0.1 ms measured). Later pieces skip this; a few ms of lag is
-                # invisible.
-                _yield()
+            self._emit(buffer)
+
+    def _emit(self, text: str) -> None:
+        first = not self.text
+        self.text += text
+        if self.sink is not None:
+            if self.error is None:  # a sink that failed once is not called again
+                self.sink(text)
+            return
+        self._unsent += text
+        if first or time.perf_counter() - self._last_flush >= self.flush_every:
+            self._flush()
+        if first:
+            # Hand the GIL to the reader now, or generate's loop may keep it for up to the 5 ms switch
+            # interval. sched_yield drops the GIL and yields the core at once; time.sleep(0) would also wait
+            # out the kernel's timer slack (~0.1 ms measured). Later pieces skip this; a few ms of lag is
+            # invisible.
+            _yield()
 
     def _flush(self) -> None:
         if self._unsent:
@@ -116,32 +136,50 @@ class ReplyStreamer(BaseStreamer):
             self._last_flush = time.perf_counter()
 
     def end(self) -> None:
-        """Flush what the incremental decode could not settle and close the stream (idempotent)."""
-        if self._ended:
-            return
-        self._ended = True
-        self.stopped = self.stop_event.is_set() and not self.hit_stop_text
-        if not self.hit_stop_text:
-            full, seen = self._decode(self.ids), self.text + self._held
-            self._take(full[len(seen) :] if full.startswith(seen) else "")
-            if self._held and not self.hit_stop_text:  # the reply ended on what only looked like a new turn
-                self.text += self._held
-                self._unsent += self._held
-        self._flush()
-        self._queue.put(_END)
+        """Flush what the incremental decode could not settle and close the stream (idempotent).
+
+        Inside ``run`` (where ``generate`` calls this at its end) the stream is closed only after ``generate`` has
+        returned, so a reader that has seen the end knows the worker is free: no second hand-off to wait for it.
+        """
+        if not self._ended:
+            self._ended = True
+            self.stopped = self.stop_event.is_set() and not self.hit_stop_text
+            if not self.hit_stop_text:
+                full, seen = self._decode(self.ids), self.text + self._held
+                self._take(full[len(seen) :] if full.startswith(seen) else "")
+                if self._held and not self.hit_stop_text:  # the reply ended on what only looked like a new turn
+                    held, self._held = self._held, ""
+                    self._emit(held)
+            self._flush()
+        if not self._in_run and not self._closed:
+            self._closed = True
+            if self._queue is not None:
+                self._queue.put(_END)
 
     def run(self, generate: Callable[..., Any], kwargs: dict[str, Any]) -> None:
-        """Call ``generate`` (in a worker thread), keeping its error for the reader."""
+        """Call ``generate``, keeping its error (or the sink's) for the caller; close the stream after it."""
+        self._in_run = True
         try:
             generate(**kwargs)
         except BaseException as err:  # noqa: BLE001 - re-raised in the reading thread
             self.error = err
         finally:
+            self._in_run = False
             self.end()
 
     def __iter__(self) -> Iterator[str]:
-        while (piece := self._queue.get()) is not _END:
+        """The text pieces, until the stream is closed (from ``run``: until ``generate`` has returned)."""
+        while not self._read_to_end:
+            piece = self._queue.get()
+            if piece is _END:
+                self._read_to_end = True
+                return
             yield piece
+
+    def drain(self) -> None:
+        """Skip whatever text is left and wait for the stream to close (from ``run``: for ``generate`` to return)."""
+        for _ in self:
+            pass
 
 
 class StopWhen(StoppingCriteria):
@@ -156,11 +194,10 @@ class StopWhen(StoppingCriteria):
 
 def _serve(jobs: queue.Queue) -> None:
     while (job := jobs.get()) is not None:
-        streamer, generate, kwargs, done = job
+        streamer, generate, kwargs = job
         del job  # hold no reference to the model between jobs
         streamer.run(generate, kwargs)
-        done.set()
-        del streamer, generate, kwargs, done
+        del streamer, generate, kwargs
 
 
 class GenerationWorker:
@@ -175,8 +212,6 @@ class GenerationWorker:
         threading.Thread(target=_serve, args=(self._jobs,), daemon=True, name="huatuo-generate").start()
         weakref.finalize(self, self._jobs.put, None)
 
-    def submit(self, streamer: ReplyStreamer, generate: Callable[..., Any], kwargs: dict[str, Any]) -> threading.Event:
-        """Queue ``streamer.run(generate, kwargs)``; the returned event is set when it has finished."""
-        done = threading.Event()
-        self._jobs.put((streamer, generate, kwargs, done))
-        return done
+    def submit(self, streamer: ReplyStreamer, generate: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+        """Queue ``streamer.run(generate, kwargs)``; the streamer's stream ends once ``generate`` has returned."""
+        self._jobs.put((streamer, generate, kwargs))

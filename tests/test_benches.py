@@ -19,7 +19,10 @@ CASES = {
         ["--steps", "36", "--warmup", "2", "--rounds", "1", "--override", "data.max_len=128"],
         [r"framework overhead, median of rounds: wall ([-+]\d+\.\d)%", r"isolated/not: wall (\d+\.\d+)"],
     ),
-    "chat": (["--new-tokens", "16", "--repeats", "1"], [r"\| tiny-demo 256x4 \| (\d+\.\d) ms"]),
+    "chat": (
+        ["--new-tokens", "16", "--repeats", "1"],
+        [r"\| tiny-demo 256x4 \| chat.py \| (\d+\.\d+) ms", r"\| tiny-demo 256x4 \| stream=True \| (\d+\.\d+) ms"],
+    ),
     "eval": (
         ["--hidden", "64", "--layers", "2", "--max-new-tokens", "8", "--repeats", "1", "--generate-repeats", "1"],
         [r"batched vs unbatched loglik: (\d+\.\d)x", r"identical predictions: (48)/48"],

@@ -229,6 +229,38 @@ def test_text_reaches_the_reader_while_the_model_is_still_generating(tiny_tokeni
     assert "".join(pieces) == tiny_tokenizer.decode(model.ids[: chat.last.new_tokens], skip_special_tokens=True)
 
 
+def test_on_text_streams_in_the_calling_thread_while_the_model_generates(tiny_tokenizer):
+    # chat.py's path: no worker thread and no queue; each settled piece reaches the callback before the next token
+    chat, model = _scripted_chat(tiny_tokenizer, "多喝水，注意休息，必要时就医。")
+    calls = []
+    reply = chat.chat(QUESTION, on_text=lambda piece: calls.append((piece, model.produced, threading.get_ident())))
+    assert reply == "".join(piece for piece, _, _ in calls) and len(calls) >= 5
+    assert {thread for _, _, thread in calls} == {threading.get_ident()}
+    produced = [n for _, n, _ in calls]
+    assert produced == sorted(produced) and produced[0] < 5 < len(model.ids)  # piece by piece, not at the end
+    assert chat.last.pieces == len(calls) and chat.last.first_piece_s is not None
+    assert reply == tiny_tokenizer.decode(model.ids[: chat.last.new_tokens], skip_special_tokens=True)
+
+
+def test_on_text_can_stop_the_reply_and_its_errors_reach_the_caller(tiny_tokenizer):
+    chat, model = _scripted_chat(tiny_tokenizer, "多喝水，注意休息。" * 20)
+    stop = threading.Event()
+    reply = chat.chat(QUESTION, on_text=lambda piece: stop.set(), stop_event=stop)  # Ctrl-C in chat.py sets it
+    assert chat.last.finish_reason == "stopped" and chat.last.new_tokens == model.produced <= 2 and reply
+    chat, model = _scripted_chat(tiny_tokenizer, "多喝水，注意休息。" * 20)
+    calls = []
+
+    def broken(piece: str) -> None:  # say, a closed pipe
+        calls.append(piece)
+        raise BrokenPipeError("stdout closed")
+
+    with pytest.raises(BrokenPipeError, match="stdout closed"):
+        chat.chat(QUESTION, on_text=broken)
+    assert len(calls) == 1 and model.produced <= 2  # generation ended there; the callback was not called again
+    with pytest.raises(ValueError, match="on_text is for stream=False"):
+        chat.chat(QUESTION, stream=True, on_text=print)
+
+
 def test_a_reply_is_cut_where_the_model_starts_a_new_user_turn(tiny_tokenizer):
     chat, model = _scripted_chat(tiny_tokenizer, "多喝水，注意休息。\n<问>：那我还要")
     assert chat.chat(QUESTION) == "多喝水，注意休息。"
