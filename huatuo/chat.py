@@ -139,7 +139,8 @@ class ReplyStats:
     first_piece_s: float | None = None  # from the call to the first visible text
     seconds: float = 0.0
     started: float = field(default=0.0, repr=False)  # perf_counter at the call
-    finish_reason: str = ""  # eos | length | stopped (stop() / Ctrl-C) | turn (the model began a new question)
+    # eos | length | stopped (stop() / Ctrl-C / stream abandoned) | turn (the model began a new question) | error
+    finish_reason: str = ""
 
     def summary(self) -> str:
         """One line for the terminal's verbose mode."""
@@ -180,6 +181,7 @@ class HuatuoChat:
         self.last: ReplyStats | None = None
         self._warned_room = False
         self._stop = threading.Event()
+        self._replying = threading.Lock()  # held while a reply is generated: one at a time
         self._worker = GenerationWorker()
 
     @classmethod
@@ -357,7 +359,9 @@ class HuatuoChat:
     def _conclude(streamer: ReplyStreamer, fitted: FittedPrompt, stats: ReplyStats) -> None:
         stats.new_tokens = len(streamer.ids)
         stats.seconds = time.perf_counter() - stats.started
-        if streamer.hit_stop_text:
+        if streamer.error is not None:
+            stats.finish_reason = "error"
+        elif streamer.hit_stop_text:
             stats.finish_reason = "turn"
         elif streamer.stopped:
             stats.finish_reason = "stopped"
@@ -373,15 +377,24 @@ class HuatuoChat:
         stop: threading.Event,
         on_text: Callable[[str], object] | None,
     ) -> str:
-        streamer, kwargs, fitted, stats = self._start(messages, settings, stop, on_text or _discard)
-        streamer.run(self.loaded.model.generate, kwargs)  # here, in this thread
-        self._conclude(streamer, fitted, stats)
+        self._begin_reply()
+        try:
+            streamer, kwargs, fitted, stats = self._start(messages, settings, stop, on_text or _discard)
+            streamer.run(self.loaded.model.generate, kwargs)  # here, in this thread
+            self._conclude(streamer, fitted, stats)
+        finally:
+            self._replying.release()
         if streamer.error is not None:
             raise streamer.error
         return streamer.text
 
     def _stream(self, messages: Messages, settings: GenerationSettings, stop: threading.Event) -> Iterator[str]:
-        streamer, kwargs, fitted, stats = self._start(messages, settings, stop, None)
+        self._begin_reply()  # runs at the first next(): a stream that is never read holds nothing
+        try:
+            streamer, kwargs, fitted, stats = self._start(messages, settings, stop, None)
+        except BaseException:
+            self._replying.release()
+            raise
         self._worker.submit(streamer, self.loaded.model.generate, kwargs)
         try:
             for piece in streamer:
@@ -390,11 +403,21 @@ class HuatuoChat:
                 stats.pieces += 1
                 yield piece
         finally:  # also when the caller stops reading: end generation instead of leaving it running
-            stop.set()
-            streamer.drain()  # returns at once if the stream was read to its end: generate has returned
-            self._conclude(streamer, fitted, stats)
+            try:
+                streamer.abandon()  # (not stop.set(): the event may be the caller's, for later replies too)
+                streamer.drain()  # returns at once if the stream was read to its end: generate has returned
+                self._conclude(streamer, fitted, stats)
+            finally:
+                self._replying.release()
         if streamer.error is not None:
             raise streamer.error
+
+    def _begin_reply(self) -> None:
+        if not self._replying.acquire(blocking=False):
+            raise RuntimeError(
+                "this HuatuoChat is still generating another reply (one at a time): read that stream to its end or "
+                "close() it first, or use one HuatuoChat per thread"
+            )
 
 
 def _discard(piece: str) -> None:

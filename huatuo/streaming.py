@@ -67,6 +67,7 @@ class ReplyStreamer(BaseStreamer):
         self.text = ""  # handed out so far
         self.hit_stop_text = False
         self.stopped = False
+        self._abandoned = False  # the reader gave up on the stream (see abandon)
         self.error: BaseException | None = None
         self._held = ""
         self._prefix = self._read = 0  # decode window: ids[_prefix:_read] were decoded last time
@@ -78,7 +79,11 @@ class ReplyStreamer(BaseStreamer):
 
     def should_stop(self) -> bool:
         """Polled by generate's stopping criteria after every token."""
-        return self.hit_stop_text or self.stop_event.is_set()
+        return self.hit_stop_text or self._abandoned or self.stop_event.is_set()
+
+    def abandon(self) -> None:
+        """End generation because nobody reads on (the caller's ``stop_event`` is left as it is)."""
+        self._abandoned = True
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -140,24 +145,28 @@ class ReplyStreamer(BaseStreamer):
 
         Inside ``run`` (where ``generate`` calls this at its end) the stream is closed only after ``generate`` has
         returned, so a reader that has seen the end knows the worker is free: no second hand-off to wait for it.
+        The stream is closed even if settling the text fails (a tokenizer that cannot decode what was generated),
+        so a reader never waits forever.
         """
-        if not self._ended:
-            self._ended = True
-            self.stopped = self.stop_event.is_set() and not self.hit_stop_text
-            if not self.hit_stop_text:
-                full, seen = self._decode(self.ids), self.text + self._held
-                self._take(full[len(seen) :] if full.startswith(seen) else "")
-                if self._held and not self.hit_stop_text:  # the reply ended on what only looked like a new turn
-                    held, self._held = self._held, ""
-                    self._emit(held)
-            self._flush()
-        if not self._in_run and not self._closed:
-            self._closed = True
-            if self._queue is not None:
-                self._queue.put(_END)
+        try:
+            if not self._ended:
+                self._ended = True
+                self.stopped = (self._abandoned or self.stop_event.is_set()) and not self.hit_stop_text
+                if not self.hit_stop_text:
+                    full, seen = self._decode(self.ids), self.text + self._held
+                    self._take(full[len(seen) :] if full.startswith(seen) else "")
+                    if self._held and not self.hit_stop_text:  # the reply ended on what only looked like a new turn
+                        held, self._held = self._held, ""
+                        self._emit(held)
+                self._flush()
+        finally:
+            if not self._in_run and not self._closed:
+                self._closed = True
+                if self._queue is not None:
+                    self._queue.put(_END)
 
     def run(self, generate: Callable[..., Any], kwargs: dict[str, Any]) -> None:
-        """Call ``generate``, keeping its error (or the sink's) for the caller; close the stream after it."""
+        """Call ``generate``, keeping its error (or the sink's, or the final decode's) for the caller; then close."""
         self._in_run = True
         try:
             generate(**kwargs)
@@ -165,7 +174,11 @@ class ReplyStreamer(BaseStreamer):
             self.error = err
         finally:
             self._in_run = False
-            self.end()
+            try:
+                self.end()
+            except BaseException as err:  # noqa: BLE001 - the stream is closed; the caller gets the error
+                if self.error is None:
+                    self.error = err
 
     def __iter__(self) -> Iterator[str]:
         """The text pieces, until the stream is closed (from ``run``: until ``generate`` has returned)."""
@@ -196,7 +209,7 @@ def _serve(jobs: queue.Queue) -> None:
     while (job := jobs.get()) is not None:
         streamer, generate, kwargs = job
         del job  # hold no reference to the model between jobs
-        streamer.run(generate, kwargs)
+        streamer.run(generate, kwargs)  # never raises: errors are kept for the reader and the stream is closed
         del streamer, generate, kwargs
 
 

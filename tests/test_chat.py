@@ -8,7 +8,6 @@ import json
 import random
 import shutil
 import threading
-import time
 import weakref
 from types import SimpleNamespace
 
@@ -306,10 +305,67 @@ def test_incremental_decoding_matches_a_full_decode_with_the_baichuan2_vocabular
         assert "".join(streamer) == tokenizer.decode(ids)
 
 
-def test_a_generation_error_reaches_the_caller(tiny_tokenizer):
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_generation_error_reaches_the_caller(tiny_tokenizer, stream):
     chat, _ = _scripted_chat(tiny_tokenizer, "多喝水，注意休息。", fail_at=3)
     with pytest.raises(RuntimeError, match="out of memory"):
-        chat.chat(QUESTION)
+        "".join(chat.chat(QUESTION, stream=True)) if stream else chat.chat(QUESTION)
+    assert chat.last.finish_reason == "error" and chat.last.new_tokens == 3
+    chat.loaded.model.fail_at = None  # the chat goes on after an error
+    reply = "".join(chat.chat(QUESTION, stream=True)) if stream else chat.chat(QUESTION)
+    assert reply == "多喝水，注意休息。" * 3 and chat.last.finish_reason == "eos"
+
+
+class FailingDecode:
+    """A tokenizer whose decode fails on one id, like a SentencePiece model given an id past its vocabulary."""
+
+    def __init__(self, tokenizer, bad_id: int) -> None:
+        self._tokenizer, self._bad_id = tokenizer, bad_id
+
+    def __getattr__(self, name: str):
+        return getattr(self._tokenizer, name)
+
+    def decode(self, ids, **kwargs) -> str:
+        if self._bad_id in ids:
+            raise IndexError("piece id is out of range (scripted)")
+        return self._tokenizer.decode(ids, **kwargs)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_reply_whose_text_cannot_be_decoded_fails_instead_of_hanging(tiny_tokenizer, stream):
+    # The decode fails while generating and again in the final settling decode; the stream must still close.
+    chat, model = _scripted_chat(tiny_tokenizer, "多喝水。")
+    chat.loaded.tokenizer = FailingDecode(chat.loaded.tokenizer, bad_id=model.ids[2])
+    outcome: list[BaseException | str] = []
+
+    def reply() -> None:
+        try:
+            outcome.append("".join(chat.chat(QUESTION, stream=True)) if stream else chat.chat(QUESTION))
+        except BaseException as err:  # noqa: BLE001 - inspected below
+            outcome.append(err)
+
+    reader = threading.Thread(target=reply, daemon=True)
+    reader.start()
+    reader.join(timeout=60)  # bounded: a regression shows as a failure, not a hung test run
+    assert not reader.is_alive(), "the reader is still waiting for a stream that never closes"
+    assert isinstance(outcome[0], IndexError) and chat.last.finish_reason == "error"
+    chat.loaded.tokenizer = chat.loaded.tokenizer._tokenizer
+    assert "".join(chat.chat(QUESTION, stream=True)) == chat.chat(QUESTION)  # the worker thread survived
+
+
+def test_a_callers_stop_event_is_left_alone_and_replies_come_one_at_a_time(tiny_tokenizer):
+    chat, model = _scripted_chat(tiny_tokenizer, "多喝水，注意休息。" * 5)
+    mine = threading.Event()
+    for stream in (True, True, False):  # a stream read to its end leaves the caller's event unset
+        "".join(chat.chat(QUESTION, stream=True, stop_event=mine)) if stream else chat.chat(QUESTION, stop_event=mine)
+        assert not mine.is_set() and chat.last.finish_reason == "eos"
+    stream, before = chat.chat(QUESTION, stream=True, stop_event=mine), model.produced
+    next(stream)
+    with pytest.raises(RuntimeError, match="still generating another reply"):
+        chat.chat(QUESTION)  # it would run a second generate on the same model at the same time
+    stream.close()  # abandoned: generation ends, and the caller's event is still not set
+    assert chat.last.finish_reason == "stopped" and model.produced - before < len(model.ids) and not mine.is_set()
+    assert chat.chat(QUESTION, stop_event=mine) and chat.last.finish_reason == "eos"
 
 
 def test_abandoning_a_stream_stops_generation(tiny_tokenizer):
@@ -321,17 +377,16 @@ def test_abandoning_a_stream_stops_generation(tiny_tokenizer):
 
 
 def test_a_dropped_chat_frees_its_model_and_its_thread(tiny_tokenizer):
+    before = set(threading.enumerate())
     chat, model = _scripted_chat(tiny_tokenizer, "多喝水。")
-    chat.chat(QUESTION)
-    model_ref, workers = weakref.ref(model), threading.active_count()
+    (worker,) = set(threading.enumerate()) - before  # this chat's generation thread
+    assert "".join(chat.chat(QUESTION, stream=True)) == chat.chat(QUESTION)  # both paths, the worker's included
+    model_ref = weakref.ref(model)
     del chat, model
     gc.collect()
     assert model_ref() is None  # an evaluation loop that loads model after model does not pile them up
-    for _ in range(100):  # the generation thread ends once its chat is gone (bounded wait)
-        if threading.active_count() < workers:
-            break
-        time.sleep(0.05)
-    assert threading.active_count() == workers - 1
+    worker.join(timeout=5)  # the generation thread ends once its chat is gone (bounded wait)
+    assert not worker.is_alive()
 
 
 # --- other models ---------------------------------------------------------------------------------------------
