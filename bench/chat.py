@@ -83,10 +83,11 @@ def since(start: tuple[float, float]) -> tuple[float, float]:
     return wall - start[0], cpu - start[1]
 
 
-def time_bare(loaded: LoadedModel, chat: HuatuoChat, new_tokens: int) -> tuple[float, float, float, float]:
-    """Plain generate on pre-encoded ids: wall and CPU seconds to the first token, then for all tokens."""
+def time_bare(loaded: LoadedModel, settings: GenerationSettings, new_tokens: int) -> tuple[float, float, float, float]:
+    """Plain generate on pre-encoded ids with ``settings`` (exactly ``new_tokens``): wall and CPU seconds to the
+    first token, then for all tokens."""
     ids = loaded.encode(loaded.render(MESSAGES))
-    kwargs = chat.settings.updated(max_new_tokens=new_tokens, min_new_tokens=new_tokens).generate_kwargs()
+    kwargs = settings.generate_kwargs()
     common = {"attention_mask": torch.ones_like(ids), "pad_token_id": loaded.tokenizer.pad_token_id}
     torch.manual_seed(0)
     start = clocks()
@@ -139,12 +140,12 @@ def bench(name: str, loaded: LoadedModel, new_tokens: int, repeats: int) -> list
         tokens: HuatuoChat(loaded, paper.updated(max_new_tokens=tokens, min_new_tokens=tokens))
         for tokens in {1, new_tokens}
     }
-    time_bare(loaded, chats[new_tokens], new_tokens)  # warm-up: allocator, kernels, caches
+    time_bare(loaded, chats[new_tokens].settings, new_tokens)  # warm-up: allocator, kernels, caches
     for path in PATHS:
         time_chat(chats, new_tokens, path)
     bare, ours = [], {path: [] for path in PATHS}
     for _ in range(repeats):
-        bare.append(time_bare(loaded, chats[new_tokens], new_tokens))
+        bare.append(time_bare(loaded, chats[new_tokens].settings, new_tokens))
         for path in PATHS:
             ours[path].append(time_chat(chats, new_tokens, path))
     medians = [statistics.median(x) for x in zip(*bare, strict=True)]
