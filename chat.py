@@ -7,7 +7,7 @@
     python chat.py model_path=DIR generation.do_sample=false verbose=true   # greedy, with per-reply statistics
 
 In the terminal: `clear` empties the history, `stop` or Ctrl-D quits, Ctrl-C stops the reply being written.
-The same function is installed as `huatuo-chat`; the Python API is huatuo.chat.HuatuoChat. Config: conf/chat.yaml.
+The same function is installed as `huatuo-chat`; the Python API is huatuo.inference.HuatuoChat. Config: conf/chat.yaml.
 """
 
 from huatuo.chat import main

@@ -10,7 +10,7 @@ The same function is installed as `huatuo-evaluate`. Configs: conf/evaluate.yaml
 Details: docs/evaluation.md.
 """
 
-from huatuo.evaluation import main
+from huatuo.evaluate import main
 
 if __name__ == "__main__":
     main()

@@ -9,7 +9,7 @@
 The same function is installed as `huatuo-train`. Configs live in conf/ (train.yaml and its groups).
 """
 
-from huatuo.training import main
+from huatuo.train import main
 
 if __name__ == "__main__":
     main()

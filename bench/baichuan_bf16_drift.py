@@ -18,7 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.baichuan_reference, from a checkout
 
-from huatuo.baichuan import BaichuanConfig, BaichuanForCausalLM  # noqa: E402
+from huatuo.models.baichuan.config import BaichuanConfig
+from huatuo.models.baichuan.modeling import BaichuanForCausalLM
 from tests.baichuan_reference import reference_logits  # noqa: E402
 
 

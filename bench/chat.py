@@ -30,8 +30,9 @@ from pathlib import Path
 
 import torch
 
-from huatuo.chat import GenerationSettings, HuatuoChat
-from huatuo.inference import LoadedModel, load_for_inference
+from huatuo.inference.chat import HuatuoChat
+from huatuo.inference.generation import GenerationSettings
+from huatuo.inference.loading import LoadedModel, load_for_inference
 
 # (name, hidden size, layers): make_tiny_checkpoint's test model, and the demo backbone (conf/backbone/tiny.yaml).
 TINY_MODELS = [("tiny-test 64x2", 64, 2), ("tiny-demo 256x4", 256, 4)]
@@ -52,8 +53,8 @@ def build_tiny(out_dir: Path, hidden: int, layers: int) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     import huatuo
-    from huatuo.backbone import load_tokenizer
-    from huatuo.export import export_model
+    from huatuo.models.loading import load_tokenizer
+    from huatuo.training.export import export_model
 
     tokenizer = load_tokenizer(huatuo.asset_path("tiny_tokenizer"))
     torch.manual_seed(0)

@@ -26,11 +26,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import huatuo  # noqa: E402
-from huatuo.answers import generate_texts  # noqa: E402
-from huatuo.backbone import load_tokenizer  # noqa: E402
-from huatuo.exams import load_exam, mcq_prompt  # noqa: E402
-from huatuo.inference import LoadedModel  # noqa: E402
-from huatuo.mcq import LoglikSettings, score_loglik  # noqa: E402
+from huatuo.evaluation.exam_files import load_exam
+from huatuo.evaluation.generation import generate_texts
+from huatuo.evaluation.loglik import LoglikSettings, score_loglik  # noqa: E402
+from huatuo.evaluation.prompt import mcq_prompt
+from huatuo.inference.loading import LoadedModel  # noqa: E402
+from huatuo.models.loading import load_tokenizer  # noqa: E402
 
 
 def tiny_model(hidden: int, layers: int, seed: int) -> LoadedModel:

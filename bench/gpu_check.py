@@ -99,7 +99,7 @@ def worker(strategy: str, args: argparse.Namespace) -> None:
     from lightning.pytorch.callbacks import Callback
 
     from huatuo import conf_dir
-    from huatuo.training import train
+    from huatuo.training.run import train
 
     class PeakMemory(Callback):
         def on_train_start(self, trainer, pl_module) -> None:

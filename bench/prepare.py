@@ -1,4 +1,4 @@
-"""Prepare-stage benchmark: ``huatuo.prepare`` versus a straightforward per-sample implementation of the same
+"""Prepare-stage benchmark: ``huatuo.data.prepare`` versus a straightforward per-sample implementation of the same
 algorithm (one sample tokenized at a time, packing in a Python loop, as the paper's ``data_process.py`` did).
 
     python bench/prepare.py                      # 200k samples, baseline on 50k, peak RSS at 1M
@@ -10,7 +10,7 @@ answers joined) for the literature/encyclopedia/books sources, written as JSONL 
 (unify, turn lists, OpenAI messages, ShareGPT). Everything is generated on the fly in a temporary folder.
 
 Tokenizer: by default the real Baichuan2 SentencePiece model (../shared/assets/baichuan2/tokenizer.model) rebuilt as
-a fast tokenizer by ``huatuo.backbone.load_tokenizer`` (as for a released Baichuan2/HuatuoGPT2 folder) and checked
+a fast tokenizer by ``huatuo.models.loading.load_tokenizer`` (as for a released Baichuan2/HuatuoGPT2 folder) and checked
 against ``sentencepiece`` on a few hundred texts; ``--tokenizer`` takes any ``tokenizer.model`` or a folder/hub name
 that ``load_tokenizer`` loads. Both sides use the same tokenizer object.
 
@@ -57,8 +57,8 @@ MIXTURE = [
 
 # ---------------------------------------------------------------------------------------------------- tokenizer
 def load_bench_tokenizer(spec: str):
-    """A ``tokenizer.model`` or a folder/hub name, loaded by ``huatuo.backbone.load_tokenizer`` (what users get)."""
-    from huatuo.backbone import load_tokenizer
+    """A ``tokenizer.model`` or a folder/hub name, loaded as users get it (``huatuo.models.loading.load_tokenizer``)."""
+    from huatuo.models.loading import load_tokenizer
 
     if spec.endswith(".model"):
         if Path(spec).name != "tokenizer.model":
@@ -139,7 +139,7 @@ def baseline_prepare(sources: dict[str, dict], tokenizer, max_len: int, seed: in
     """The same algorithm written the straightforward way: one sample at a time, Python lists, a packing loop."""
     from datasets import Dataset
 
-    from huatuo.sampler import PrioritySampler
+    from huatuo.data.sampler import PrioritySampler
 
     eos = tokenizer.eos_token_id
     encode, paper = tokenizer.encode, {"add_special_tokens": False, "max_length": max_len, "truncation": True}
@@ -227,8 +227,9 @@ def pack_loop(docs: list, max_len: int, packing: str, window: int = 256, open_ro
 
 # ----------------------------------------------------------------------------------------------------- pipeline
 def pipeline_prepare(sources: dict[str, dict], tokenizer, max_len: int, seed: int, packing: str, cache: Path):
-    """``huatuo.prepare.prepare`` on the same sources, from scratch."""
-    from huatuo.prepare import PackingSettings, prepare, sources_from_config
+    """``huatuo.data.prepare.prepare`` on the same sources, from scratch."""
+    from huatuo.data.prepare import prepare
+    from huatuo.data.settings import PackingSettings, sources_from_config
 
     specs = sources_from_config(sources)
     settings = PackingSettings(max_len=max_len, packing=packing, seed=seed)
@@ -252,8 +253,8 @@ def fills(prepared, max_len: int) -> dict[str, float]:
     """Packing fill of greedy (the paper's windows of 256) and best_fit (several open_rows) on the same order."""
     from datasets import load_from_disk
 
-    from huatuo.packing import pack_best_fit, pack_greedy
-    from huatuo.sampler import PrioritySampler
+    from huatuo.data.packing import pack_best_fit, pack_greedy
+    from huatuo.data.sampler import PrioritySampler
 
     rows = load_from_disk(str(prepared.dataset_dir)).data
     sources = np.concatenate(rows.column("doc_sources").to_numpy(zero_copy_only=False)).astype(np.int64)
@@ -324,7 +325,7 @@ def main() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # before datasets reads it
     import datasets  # noqa: F401  (imported before any timing: both sides use it)
 
-    import huatuo.prepare  # noqa: F401
+    import huatuo.data.prepare  # noqa: F401
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=200_000, help="samples through the pipeline")

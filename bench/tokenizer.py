@@ -1,4 +1,4 @@
-"""Baichuan2 tokenizer construction: huatuo's (``huatuo.checkpoints.sentencepiece_backend``) against transformers'.
+"""Baichuan2 tokenizer construction: huatuo's (``huatuo.models.sentencepiece``) against transformers'.
 
     .venv/bin/python bench/tokenizer.py [--model ../shared/assets/baichuan2/tokenizer.model] [--repeat 3]
 
@@ -50,7 +50,7 @@ def main() -> None:
     import sentencepiece
     from transformers import TokenizersBackend
 
-    from huatuo.backbone import load_tokenizer
+    from huatuo.models.loading import load_tokenizer
 
     folder = Path(tempfile.mkdtemp())
     try:

@@ -28,12 +28,13 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 
 from huatuo import conf_dir
-from huatuo.datamodule import PackedRowsDataset, RowCollator
-from huatuo.module import cosine_with_warmup, parameter_groups
-from huatuo.prepare import prepare, settings_from_config, sources_from_config
-from huatuo.sampler import RowSampler
-from huatuo.template import IGNORE_INDEX
-from huatuo.training import train
+from huatuo.core.template import IGNORE_INDEX
+from huatuo.data.datamodule import PackedRowsDataset, RowCollator
+from huatuo.data.prepare import prepare
+from huatuo.data.sampler import RowSampler
+from huatuo.data.settings import settings_from_config, sources_from_config
+from huatuo.training.optim import cosine_with_warmup, parameter_groups
+from huatuo.training.run import train
 
 
 def compose(run_dir: Path, cache: Path, overrides: list[str]):

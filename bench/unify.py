@@ -74,7 +74,7 @@ def run_unify(base_url: str, corpus: Path, folder: Path, concurrency: int) -> di
     from hydra.core.global_hydra import GlobalHydra
 
     from huatuo import conf_dir
-    from huatuo.unify import unify
+    from huatuo.unify.run import unify
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
@@ -99,7 +99,7 @@ def run_unify(base_url: str, corpus: Path, folder: Path, concurrency: int) -> di
 
 def run_client(base_url: str, requests: int, concurrency: int) -> tuple[float, float]:
     """Wall and CPU seconds for ``requests`` bare chat requests with ``concurrency`` in flight."""
-    from huatuo.endpoint import ChatClient, EndpointSettings
+    from huatuo.unify.endpoint import ChatClient, EndpointSettings
 
     client = ChatClient(EndpointSettings(base_url=base_url, model="bench", max_concurrency=concurrency))
 

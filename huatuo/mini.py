@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import huatuo
 from huatuo import conf_dir
-from huatuo.logs import get_logger
+from huatuo.core.logs import get_logger
 
 log = get_logger(__name__)
 
@@ -80,7 +80,7 @@ def export_untrained(out: Path, cache: Path, train_overrides: list[str]) -> Path
     import lightning as L
     from hydra.utils import instantiate
 
-    from huatuo.export import export_model
+    from huatuo.training.export import export_model
 
     cfg = compose_stage(
         "train",
@@ -100,11 +100,11 @@ def export_untrained(out: Path, cache: Path, train_overrides: list[str]) -> Path
 
 def run_mini(out: Path, train_overrides: list[str] | None = None) -> dict[str, Any]:
     """Run every stage into ``out``; returns each stage's summary (also written to ``out/summary.json``)."""
-    from huatuo.chat import HuatuoChat
-    from huatuo.evaluation import evaluate
-    from huatuo.server import transformers_serve
-    from huatuo.training import train
-    from huatuo.unify import unify
+    from huatuo.evaluation.run import evaluate
+    from huatuo.inference.chat import HuatuoChat
+    from huatuo.inference.server import transformers_serve
+    from huatuo.training.run import train
+    from huatuo.unify.run import unify
 
     train_overrides = list(train_overrides or [])
     out.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,9 @@
 """Baichuan2's forward pass written out in plain torch, the way baichuan-inc's modeling code computes it at inference.
 
-Independent of ``huatuo.baichuan`` (no shared code), it differs from it on purpose where the original does: a cos/sin
-table indexed by position, an additive float causal mask, and for ALiBi the original's inference form of the bias,
-``slope * key index`` (huatuo adds ``slope * (key index - query index)``, equal after the softmax), followed by a clamp
-at the dtype's minimum and a softmax in the activation dtype.
+Independent of ``huatuo.models.baichuan`` (no shared code), it differs from it on purpose where the original does: a
+cos/sin table indexed by position, an additive float causal mask, and for ALiBi the original's inference form of the
+bias, ``slope * key index`` (huatuo adds ``slope * (key index - query index)``, equal after the softmax), followed by a
+clamp at the dtype's minimum and a softmax in the activation dtype.
 """
 
 from __future__ import annotations

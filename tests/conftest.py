@@ -27,6 +27,6 @@ def train_config(tmp_path):
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from huatuo.backbone import load_tokenizer
+    from huatuo.models.loading import load_tokenizer
 
     return load_tokenizer(huatuo.asset_path("tiny_tokenizer"))

@@ -10,8 +10,10 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from huatuo.prepare import PackingSettings, prepare, sources_from_config
-from huatuo.sources import DataError, LoadReport, SourceSpec, iter_conversations
+from huatuo.core.errors import HuatuoError
+from huatuo.data.prepare import prepare
+from huatuo.data.settings import PackingSettings, sources_from_config
+from huatuo.data.sources import LoadReport, SourceSpec, iter_conversations
 from tests.helpers import compose_config
 
 GOOD = ["胸口痛怎么办？", "请尽快就医，先做心电图。"]
@@ -33,8 +35,10 @@ def read_all(spec: SourceSpec, on_error: str = "raise") -> LoadReport:
     return report
 
 
-def error_of(call) -> str:
-    with pytest.raises(DataError) as caught:
+def error_of(call, kind: type[HuatuoError] = HuatuoError) -> str:
+    """The message of the HuatuoError (of ``kind``) that ``call`` raises: bad files are DataError, bad settings
+    ConfigError."""
+    with pytest.raises(kind) as caught:
         call()
     return str(caught.value)
 

@@ -10,8 +10,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
 
-from huatuo.baichuan import BaichuanConfig, BaichuanDecoderLayer, BaichuanForCausalLM, alibi_slopes, to_llama
-from huatuo.packing import position_ids as packed_position_ids
+from huatuo.data.packing import position_ids as packed_position_ids
+from huatuo.models.baichuan.config import BaichuanConfig
+from huatuo.models.baichuan.llama import to_llama
+from huatuo.models.baichuan.modeling import BaichuanDecoderLayer, BaichuanForCausalLM
+from huatuo.models.baichuan.positions import alibi_slopes
 from tests.baichuan_reference import reference_logits
 from tests.helpers import run_script
 
@@ -252,4 +255,4 @@ def test_import_huatuo_stays_light_and_registers_when_transformers_loads():
         "print(type(AutoModelForCausalLM.from_config(config)).__module__)\n"
     )
     result = run_script(["-c", code])
-    assert result.stdout.strip().endswith("huatuo.baichuan")
+    assert result.stdout.strip() == "huatuo.models.baichuan.modeling"

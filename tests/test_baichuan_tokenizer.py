@@ -89,7 +89,7 @@ def pair(released_folder):
     """(fast tokenizer built by huatuo, sentencepiece processor) for the same model file."""
     import sentencepiece as spm
 
-    from huatuo.backbone import load_tokenizer
+    from huatuo.models.loading import load_tokenizer
 
     return load_tokenizer(str(released_folder)), spm.SentencePieceProcessor(model_file=str(BAICHUAN_TOKENIZER))
 

@@ -16,20 +16,18 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
-from huatuo.chat import (
-    ChatSession,
-    ContextTooLong,
-    GenerationSettings,
-    HuatuoChat,
-    chat_config_problems,
-    quote_override,
-    run,
-)
-from huatuo.inference import LoadedModel, ModelLoadError, context_length, load_for_inference
-from huatuo.streaming import ReplyStreamer
-from huatuo.template import CHAT_TEMPLATE, ConversationError, build_prompt
+from huatuo.core.cli import quote_override
+from huatuo.core.errors import ConversationError, ModelLoadError
+from huatuo.core.template import CHAT_TEMPLATE, build_prompt
+from huatuo.inference.chat import ContextTooLong, HuatuoChat
+from huatuo.inference.generation import GenerationSettings
+from huatuo.inference.loading import LoadedModel, context_length, load_for_inference
+from huatuo.inference.session import ChatSession, run
+from huatuo.inference.streaming import ReplyStreamer
+from huatuo.inference.validation import chat_config_problems
 from tests.chat_models import CHATML_TEMPLATE, HUATUO_LOOKALIKE_TEMPLATE, export_checkpoint, with_template
 from tests.helpers import BAICHUAN_TOKENIZER, compose_config
+from tests.servers import make_tiny_checkpoint
 
 GREEDY = {"do_sample": False, "max_new_tokens": 24}
 QUESTION = [{"role": "user", "content": "肚子疼怎么办？"}]
@@ -120,7 +118,7 @@ def test_a_message_that_cannot_fit_is_refused_with_the_fix(loaded):
 
 def test_a_reply_budget_as_large_as_the_context_is_capped_at_half(loaded, caplog):
     chat = HuatuoChat(loaded)  # the paper's max_new_tokens=1024 on a 1024-token model
-    with caplog.at_level("WARNING", logger="huatuo.chat"):
+    with caplog.at_level("WARNING", logger="huatuo.inference.chat"):
         fitted = chat.fit(_long_conversation(40))
     assert fitted.max_new_tokens == 512 and "capped at 512" in caplog.text
     assert 1 <= fitted.dropped_rounds < 40 and fitted.input_ids.shape[1] <= 512  # history still has room
@@ -452,7 +450,7 @@ def test_defaults_are_the_papers_and_backbone_files_can_carry_their_own(tmp_path
     assert GenerationSettings() == GenerationSettings(1024, True, 0.3, 0.7, None, 1.1)
     cfg = compose_config("chat", [f"model_path={tmp_path}"])
     assert OmegaConf.to_container(cfg.generation, resolve=True) == {
-        "max_new_tokens": 1024,
+        "max_new_tokens": None,  # the model's own generation_config.json, else 1024
         "do_sample": True,
         "temperature": 0.3,
         "top_p": 0.7,
@@ -462,6 +460,22 @@ def test_defaults_are_the_papers_and_backbone_files_can_carry_their_own(tmp_path
     }
     cfg = compose_config("chat", ["backbone=tiny", "+backbone.generation.top_k=5", "+backbone.generation.top_p=0.85"])
     assert (cfg.generation.top_k, cfg.generation.top_p, cfg.generation.temperature) == (5, 0.85, 0.3)
+
+
+def test_an_export_caps_the_reply_at_half_the_context_and_chat_takes_it_without_a_warning(tmp_path, caplog):
+    # The demo backbone has 512 positions: the paper's 1024 would leave a conversation no room at all.
+    export_dir = make_tiny_checkpoint(tmp_path / "export", positions=512, generation=None)
+    saved = json.loads((export_dir / "generation_config.json").read_text())
+    assert saved["max_new_tokens"] == 256 and saved["temperature"] == 0.3
+    with caplog.at_level("WARNING", logger="huatuo.inference.chat"):
+        chat = HuatuoChat.from_pretrained(str(export_dir), do_sample=False, seed=0)
+        chat.fit("头痛怎么办？")
+    assert chat.settings.max_new_tokens == 256
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    asked = HuatuoChat.from_pretrained(str(export_dir), max_new_tokens=1024)
+    with caplog.at_level("WARNING", logger="huatuo.inference.chat"):
+        assert asked.fit("头痛怎么办？").max_new_tokens == 256  # asked for explicitly: capped, with the warning
+    assert any("max_new_tokens=1024" in r.getMessage() for r in caplog.records)
 
 
 def test_config_problems_name_the_key_the_value_and_the_fix():

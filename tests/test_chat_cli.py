@@ -14,8 +14,8 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from huatuo.chat import HuatuoChat
-from huatuo.inference import load_for_inference
+from huatuo.inference.chat import HuatuoChat
+from huatuo.inference.loading import load_for_inference
 from tests.chat_models import export_checkpoint
 from tests.helpers import ROOT
 

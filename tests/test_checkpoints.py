@@ -2,7 +2,7 @@
 
 Each test writes a tiny random checkpoint in the original on-disk layout (remote-code config.json and
 tokenizer_config.json, the original weight names and file formats, .py files that must never run) and loads it
-through the public loaders: ``huatuo.backbone.load_model/load_tokenizer``, ``huatuo.inference.load_for_inference``
+through the public loaders: ``huatuo.models.loading.load_model/load_tokenizer``, ``huatuo.inference.load_for_inference``
 and the backbone configs.
 """
 
@@ -18,9 +18,11 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 import huatuo
-from huatuo.backbone import load_model, load_tokenizer
-from huatuo.baichuan import BaichuanConfig, BaichuanForCausalLM
-from huatuo.inference import load_for_inference
+from huatuo.core.errors import ModelLoadError
+from huatuo.inference.loading import load_for_inference
+from huatuo.models.baichuan.config import BaichuanConfig
+from huatuo.models.baichuan.modeling import BaichuanForCausalLM
+from huatuo.models.loading import load_model, load_tokenizer
 from tests.helpers import compose_config
 
 # Remote code shipped with the releases; executing any of it fails the test.
@@ -242,7 +244,7 @@ def test_huatuogpt2_34b_yi_folder_loads_as_llama_and_saves_plain_llama(sentencep
 
 def test_a_missing_tokenizer_model_is_named_in_the_error(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BaichuanTokenizer"}))
-    with pytest.raises(FileNotFoundError, match="no tokenizer.model"):
+    with pytest.raises(ModelLoadError, match="no tokenizer.model"):
         load_tokenizer(str(tmp_path))
 
 
@@ -253,7 +255,10 @@ def test_backbone_configs_load_a_local_copy_through_path(option, position_embedd
     cfg = compose_config("train", [f"backbone={option}", f"backbone.path={folder}", f"paths.run_dir={tmp_path}"])
     tokenizer = instantiate(cfg.backbone.tokenizer)
     model = instantiate(cfg.backbone.model)()
-    assert model.is_activation_checkpointing and cfg.backbone.layer_class == "huatuo.baichuan.BaichuanDecoderLayer"
+    assert (
+        model.is_activation_checkpointing
+        and cfg.backbone.layer_class == "huatuo.models.baichuan.modeling.BaichuanDecoderLayer"
+    )
     ids = tokenizer(TEXT, add_special_tokens=False, return_tensors="pt").input_ids
     torch.testing.assert_close(logits(model.eval(), ids), logits(source, ids))
 
@@ -311,7 +316,7 @@ def _hard_texts(sp, count: int = 2000) -> list[str]:
 def test_rebuilt_tokenizers_encode_and_decode_like_sentencepiece(settings, fast, tmp_path):
     import sentencepiece as spm
 
-    from huatuo.checkpoints import read_sentencepiece, sentencepiece_backend
+    from huatuo.models.sentencepiece import read_sentencepiece, sentencepiece_backend
 
     model_file = _train_sentencepiece(tmp_path, **settings)
     # the fast construction takes the models it covers, and leaves the others to transformers' converter

@@ -12,7 +12,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from huatuo import conf_dir
-from huatuo.validate import ConfigError, check_train_config
+from huatuo.core.errors import ConfigError
+from huatuo.training.validation import check_train_config
 from tests.helpers import compose_config
 
 CONF = Path(conf_dir())
@@ -96,7 +97,7 @@ def test_every_logger_instantiates_without_network(option, tmp_path, monkeypatch
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     cfg = compose_config("train", [f"logger={option}", *run_dir_overrides(tmp_path)])
-    from huatuo.training import build_loggers
+    from huatuo.training.run import build_loggers
 
     loggers = build_loggers(cfg)
     assert len(loggers) == (0 if option == "none" else 1)
@@ -134,13 +135,15 @@ def test_validator_collects_every_problem_at_once(tmp_path):
 
 @pytest.mark.parametrize("name", ["huatuogpt2_7b", "huatuogpt2_13b", "huatuogpt2_34b"])
 def test_paper_experiments_validate_and_keep_the_recipe(name, tmp_path, monkeypatch):
-    import huatuo.validate
+    import huatuo.training.validation
 
     cfg = compose_config("train", [f"experiment={name}", *run_dir_overrides(tmp_path)])
     with pytest.raises(ConfigError, match="no CUDA device is visible") as raised:
         check_train_config(cfg)  # on this CPU machine the only complaint is the missing GPUs
     assert str(raised.value).count("\n  - ") == 1
-    monkeypatch.setattr(huatuo.validate, "_cuda_available", lambda: True)  # as on a node of the assumed hardware
+    monkeypatch.setattr(
+        huatuo.training.validation, "_cuda_available", lambda: True
+    )  # as on a node of the assumed hardware
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
     check_train_config(cfg)
     t, d = cfg.trainer, cfg.data
@@ -148,7 +151,7 @@ def test_paper_experiments_validate_and_keep_the_recipe(name, tmp_path, monkeypa
     assert rows == cfg.global_batch_size == 128 and d.max_len == 4096 and rows * d.max_len == 524_288
     assert cfg.optimizer.lr == 1e-4 and cfg.weight_decay == 0.1 and cfg.scheduler.warmup_ratio == 0.01
     assert t.max_epochs == 2 and t.precision == "bf16-mixed" and cfg.backbone.model.gradient_checkpointing
-    assert cfg.finetune._target_ == "huatuo.finetune.full_finetune" and cfg.strategy.stage == 3
+    assert cfg.finetune._target_ == "huatuo.models.finetune.full_finetune" and cfg.strategy.stage == 3
     assert list(cfg.evaluate_with) == ["eval=pharmacist", "eval.mode=generate"]
     # the paper's mixture, read from the data its authors released on the hub
     sources = cfg.data.sources

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from huatuo.training import train
+from huatuo.training.run import train
 from tests.helpers import ROOT, run_script
 
 STEPS = 3

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from huatuo.endpoint import ChatClient, EndpointError, EndpointSettings, classify, retry_after_seconds
+from huatuo.unify.endpoint import ChatClient, EndpointError, EndpointSettings, classify, retry_after_seconds
 from tests.fakeserver import CannedServer, echo_reply
 from tests.faultproxy import FaultProxy
 

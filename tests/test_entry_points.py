@@ -1,4 +1,4 @@
-"""Every console script in pyproject.toml names a function that exists, and each top-level script calls the same."""
+"""Every console script in pyproject.toml names a command function, and the top-level scripts call the same ones."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ def test_console_scripts_point_at_the_entry_point_functions():
     for name, target in scripts.items():
         module, function = target.split(":")
         assert callable(getattr(importlib.import_module(module), function)), name
-    tops = (("train.py", "huatuo.training"), ("evaluate.py", "huatuo.evaluation"), ("chat.py", "huatuo.chat"))
+    tops = (("train.py", "huatuo.train"), ("evaluate.py", "huatuo.evaluate"), ("chat.py", "huatuo.chat"))
     for script, module in tops:
         assert f"from {module} import main" in (ROOT / script).read_text(), script
+        assert scripts[f"huatuo-{script.removesuffix('.py')}"] == f"{module}:main"

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from huatuo.evaluation import EvalConfigError, RunFolderError, check_eval_config, evaluate, expand_run
+from huatuo.core.errors import ConfigError
+from huatuo.evaluation.run import evaluate
+from huatuo.evaluation.run_folder import RunFolderError, expand_run
+from huatuo.evaluation.validation import check_eval_config
 from tests.helpers import ROOT, compose_config, run_script
 from tests.servers import make_tiny_checkpoint
 
@@ -97,15 +100,15 @@ def test_random_init_backbone_without_a_model_path(tmp_path):
 
 def test_config_problems_are_collected_into_one_error(tmp_path):
     cfg = config(tmp_path, "eval.mode=sample", "batch_size=0", "eval.data=/no/such/exam.json", "eval.cop_base=2")
-    with pytest.raises(EvalConfigError) as err:
+    with pytest.raises(ConfigError) as err:
         check_eval_config(cfg)
     for key in ("eval.mode='sample'", "batch_size=0", "eval.data='/no/such/exam.json'", "eval.cop_base=2"):
         assert key in str(err.value)
-    with pytest.raises(EvalConfigError, match="eval.data is not set"):
+    with pytest.raises(ConfigError, match="eval.data is not set"):
         check_eval_config(config(tmp_path, "eval=mcq"))
-    with pytest.raises(EvalConfigError, match="eval.model_b needs answers"):
+    with pytest.raises(ConfigError, match="eval.model_b needs answers"):
         check_eval_config(config(tmp_path, "eval=judge_inst"))
-    with pytest.raises(EvalConfigError, match="eval.rule='best'"):
+    with pytest.raises(ConfigError, match="eval.rule='best'"):
         check_eval_config(config(tmp_path, "eval=judge_conv", "eval.rule=best", "eval.model_b.model_path=x"))
 
 
@@ -135,7 +138,7 @@ def test_named_suites_read_their_hub_splits_through_the_same_record_reader(tmp_p
     """No network: datasets.load_dataset is replaced by a recorder that serves rows in each hub's layout."""
     import datasets
 
-    from huatuo.evaluation import load_suite
+    from huatuo.evaluation.suites import load_suite
 
     calls = []
 

@@ -10,7 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import huatuo
-from huatuo.exams import ExamDataError, load_exam, mcq_prompt, read_answer_file, record_to_question
+from huatuo.core.errors import DataError
+from huatuo.evaluation.exam_files import load_exam, read_answer_file
+from huatuo.evaluation.exams import record_to_question
+from huatuo.evaluation.prompt import mcq_prompt
 
 OPTIONS = {"A": "维生素A", "B": "维生素B1", "C": "维生素C", "D": "维生素D", "E": "维生素K"}
 
@@ -123,7 +126,7 @@ def test_cmb_json_with_its_fields_and_a_separate_answer_file(tmp_path):
         },
     ]
     path = write_json(tmp_path / "CMB-test-choice-question-merge.json", questions)
-    with pytest.raises(ExamDataError, match="no answer"):
+    with pytest.raises(DataError, match="no answer"):
         load_exam(path)
     answers = read_answer_file(
         write_json(tmp_path / "answers.json", [{"id": 1, "answer": "D"}, {"id": 2, "answer": "ABD"}])
@@ -207,7 +210,7 @@ def test_medmcqa_cop_base_is_detected_per_file_or_asked_for(tmp_path):
     zero_based = write_jsonl(tmp_path / "hub.jsonl", [record(0), record(1)])
     assert [q.answer for q in load_exam(zero_based).questions] == ["A", "B"]
     unknown = write_jsonl(tmp_path / "unknown.jsonl", [record(2)])
-    with pytest.raises(ExamDataError, match="cop_base"):
+    with pytest.raises(DataError, match="cop_base"):
         load_exam(unknown)
     assert load_exam(unknown, cop_base=1).questions[0].answer == "B"
     assert load_exam(zero_based).questions[0].subject == "Anatomy"
@@ -242,7 +245,7 @@ def test_malformed_records_are_reported_with_file_and_index_or_skipped_and_count
             "not an object",
         ],
     )
-    with pytest.raises(ExamDataError) as err:
+    with pytest.raises(DataError) as err:
         load_exam(path)
     message = str(err.value)
     assert "6 record(s)" in message and "eval.on_error=skip" in message
@@ -263,12 +266,12 @@ def test_malformed_records_are_reported_with_file_and_index_or_skipped_and_count
 def test_broken_json_line_and_missing_paths_name_the_place(tmp_path):
     path = tmp_path / "broken.jsonl"
     path.write_text('{"question": "q", "option": {"A": "x", "B": "y"}, "answer": "A"}\n{"question": \n', "utf-8")
-    with pytest.raises(ExamDataError, match="broken.jsonl:2"):
+    with pytest.raises(DataError, match="broken.jsonl:2"):
         load_exam(path)
-    with pytest.raises(ExamDataError, match="no such file or folder"):
+    with pytest.raises(DataError, match="no such file or folder"):
         load_exam(tmp_path / "missing.json")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ExamDataError, match="holds no"):
+    with pytest.raises(DataError, match="holds no"):
         load_exam(tmp_path / "empty")
 
 

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from transformers import AutoModelForCausalLM
 
-from huatuo.training import train
+from huatuo.training.run import train
 from tests.servers import transformers_serve
 
 PROMPT = torch.tensor([[1, 300, 301, 302, 303, 304, 305, 306]])

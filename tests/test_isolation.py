@@ -13,10 +13,11 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from huatuo.datamodule import PackedRowsDataset, RowCollator
-from huatuo.packing import position_ids
-from huatuo.prepare import PackingSettings, prepare
-from huatuo.sources import SourceSpec
+from huatuo.data.datamodule import PackedRowsDataset, RowCollator
+from huatuo.data.packing import position_ids
+from huatuo.data.prepare import prepare
+from huatuo.data.settings import PackingSettings
+from huatuo.data.sources import SourceSpec
 
 ATTENTION = ["sdpa", "eager"]
 

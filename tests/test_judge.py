@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from huatuo.answers import OpenQuestion, generate_answers, read_answers, read_questions, write_answers
-from huatuo.evaluation import evaluate
-from huatuo.judge import combine, parse_verdict
-from huatuo.template import build_prompt
+from huatuo.core.template import build_prompt
+from huatuo.evaluation.answers import OpenQuestion, generate_answers, read_answers, read_questions, write_answers
+from huatuo.evaluation.judge import combine, parse_verdict
+from huatuo.evaluation.run import evaluate
 from tests.helpers import compose_config
 from tests.servers import make_tiny_checkpoint, transformers_serve
 
@@ -92,7 +92,7 @@ def test_multi_turn_answers_use_the_models_own_replies_as_history(monkeypatch):
         seen.append(list(prompts))
         return [f"回复{len(seen)}-{i}" for i in range(len(prompts))]
 
-    monkeypatch.setattr("huatuo.answers.generate_texts", fake_generate)
+    monkeypatch.setattr("huatuo.evaluation.answers.generate_texts", fake_generate)
     questions = [OpenQuestion("c1", ["第一问", "第二问", "第三问"]), OpenQuestion("s1", ["单问"])]
     answers = generate_answers(EchoModel(), questions, batch_size=8, generation={}, model_name="m")
     assert answers.replies == {"c1": ["回复1-0", "回复2-0", "回复3-0"], "s1": ["回复1-1"]}
@@ -133,7 +133,7 @@ def test_question_files_and_both_answer_layouts(tmp_path):
 
 
 def generate_answers_stub():
-    from huatuo.answers import Answers
+    from huatuo.evaluation.answers import Answers
 
     return Answers(model="stub", replies={"c1": ["r1", "r2"]}, turns={"c1": ["q1", "q2"]})
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import huatuo
-from huatuo.answers import _cut_at_next_turn, generate_texts
-from huatuo.exams import load_exam, mcq_prompt
-from huatuo.inference import load_for_inference
-from huatuo.mcq import LoglikSettings, _continuations, candidate_sets, score_loglik
+from huatuo.evaluation.exam_files import load_exam
+from huatuo.evaluation.generation import _cut_at_next_turn, generate_texts
+from huatuo.evaluation.loglik import LoglikSettings, _continuations, candidate_sets, score_loglik
+from huatuo.evaluation.prompt import mcq_prompt
+from huatuo.inference.loading import load_for_inference
 from tests.servers import make_tiny_checkpoint
 
 

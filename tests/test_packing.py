@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from huatuo.packing import pack_best_fit, pack_greedy, position_ids
+from huatuo.data.packing import pack_best_fit, pack_greedy, position_ids
 
 
 def paper_greedy(lengths: list[int], max_len: int, window: int) -> list[list[int]]:

@@ -1,4 +1,4 @@
-"""``huatuo.plan``: the activation estimate against measured CPU peaks, sharding arithmetic, the CLI."""
+"""``huatuo.training.plan``: the activation estimate against measured CPU peaks, sharding arithmetic, the CLI."""
 
 from __future__ import annotations
 
@@ -6,18 +6,11 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from huatuo.module import token_statistics
-from huatuo.packing import position_ids
-from huatuo.plan import (
-    GIB,
-    Setup,
-    activation_parts,
-    architecture,
-    make_plan,
-    measure_cpu_peak,
-    plan_from_config,
-    render,
-)
+from huatuo.core.errors import HuatuoError
+from huatuo.data.packing import position_ids
+from huatuo.training.memory import GIB, Setup, activation_parts, measure_cpu_peak
+from huatuo.training.module import token_statistics
+from huatuo.training.plan import architecture, make_plan, plan_from_config, render
 from tests.helpers import compose_config
 
 BATCH, SEQ = 2, 512
@@ -95,7 +88,7 @@ def test_published_backbones_have_their_known_sizes():
     assert round(sizes["baichuan2_13b"].params / 1e9, 2) == 13.9
     assert round(sizes["yi_34b"].params / 1e9, 2) == 34.39
     assert sizes["baichuan2_13b"].family == "baichuan-alibi" and sizes["yi_34b"].kv_heads == 8
-    assert sizes["baichuan2_7b"].layer_class == "huatuo.baichuan.BaichuanDecoderLayer"
+    assert sizes["baichuan2_7b"].layer_class == "huatuo.models.baichuan.modeling.BaichuanDecoderLayer"
 
 
 def _plan(*overrides: str):
@@ -154,5 +147,5 @@ def test_the_cli_table_names_every_part_and_the_verdict(capsys):
 
 def test_a_path_without_config_json_is_named_in_the_error():
     cfg = compose_config("plan", ["backbone=hf", "backbone.path=/no/such/model"])
-    with pytest.raises(FileNotFoundError, match="/no/such/model: no such folder"):
+    with pytest.raises(HuatuoError, match="/no/such/model: no such folder"):
         plan_from_config(cfg)

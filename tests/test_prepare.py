@@ -10,10 +10,11 @@ import pytest
 from datasets import load_from_disk
 
 from huatuo import asset_path
-from huatuo.prepare import PackingSettings, log_to_wandb, prepare, publish, run, sources_from_config
-from huatuo.sampler import PrioritySampler
-from huatuo.sources import LoadReport, iter_conversations
-from huatuo.template import ConversationEncoder
+from huatuo.data.encoder import ConversationEncoder
+from huatuo.data.prepare import log_to_wandb, prepare, publish, run
+from huatuo.data.sampler import PrioritySampler
+from huatuo.data.settings import PackingSettings, sources_from_config
+from huatuo.data.sources import LoadReport, iter_conversations
 from tests.helpers import ROOT, compose_config, run_script
 
 DEMO = asset_path("demo/huatuo2_demo.json")
@@ -122,7 +123,7 @@ def test_cache_is_reused_and_keyed_by_content_not_by_path(tiny_tokenizer, tmp_pa
     ["content", "priority", "epochs", "seed", "max_len", "packing", "open_rows", "tokenizer", "format", "key"],
 )
 def test_fingerprint_changes_with_everything_that_changes_the_rows(change, tiny_tokenizer, tmp_path):
-    from huatuo.prepare import fingerprint
+    from huatuo.data.prepare import fingerprint
 
     copy = tmp_path / "demo.json"
     copy.write_bytes(Path(DEMO).read_bytes())
@@ -182,7 +183,7 @@ def test_the_prepare_command_prints_where_it_wrote(tmp_path):
 
 @pytest.mark.slow
 def test_log_to_wandb_logs_the_schedule_table_and_stats_offline(tmp_path, monkeypatch, tiny_tokenizer):
-    from huatuo.tracking import wandb_logger
+    from huatuo.training.tracking import wandb_logger
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))

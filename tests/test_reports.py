@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from huatuo.reports import markdown, plot_subjects, summarize, tally, wilson_interval
+from huatuo.evaluation.reports import markdown, plot_subjects, summarize, tally, wilson_interval
 
 
 def row(dataset, subject, qtype, gold, extracted, rule):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
-from huatuo.sampler import PrioritySampler, RowSampler
+from huatuo.data.sampler import PrioritySampler, RowSampler
 
 # Every statistical test below uses fixed seeds, so it is deterministic; the thresholds are tiny p-values, so a
 # correct sampler passes with a wide margin and a wrong law (see the negative control) fails by far.

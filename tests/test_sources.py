@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from huatuo.prepare import sources_from_config
-from huatuo.sources import LoadReport, SourceSpec, iter_conversations
+from huatuo.data.settings import sources_from_config
+from huatuo.data.sources import LoadReport, SourceSpec, iter_conversations
 
 DIALOGUES = [
     ["头痛三天了怎么办？", "先测体温，注意休息。"],

@@ -13,16 +13,16 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from huatuo.strategies import (
-    AtomicCheckpointIO,
+from huatuo.core.errors import ConfigError
+from huatuo.training.checkpointing import AtomicCheckpointIO, find_checkpoint
+from huatuo.training.strategies import (
     FSDP2Strategy,
     ShardedFSDPStrategy,
     ZeroStrategy,
     gradient_copies,
     offloads_optimizer,
 )
-from huatuo.training import find_checkpoint
-from huatuo.validate import ConfigError, check_train_config, derived_accumulation
+from huatuo.training.validation import check_train_config, derived_accumulation
 from tests.helpers import ROOT, compose_config
 
 ZERO = ["deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3_offload"]
@@ -102,7 +102,7 @@ def test_fsdp2_shards_over_every_device(tmp_path):
 
 WRITER = """
 import sys, torch
-from huatuo.strategies import AtomicCheckpointIO
+from huatuo.training.checkpointing import AtomicCheckpointIO
 io = AtomicCheckpointIO()
 io.save_checkpoint({"global_step": 1, "w": torch.zeros(10)}, sys.argv[1])
 print("first", flush=True)

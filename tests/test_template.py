@@ -7,14 +7,9 @@ import random
 import numpy as np
 import pytest
 
-from huatuo.template import (
-    CHAT_TEMPLATE,
-    GENERATION_MARKER,
-    IGNORE_INDEX,
-    ConversationEncoder,
-    ConversationError,
-    build_prompt,
-)
+from huatuo.core.errors import ConversationError
+from huatuo.core.template import CHAT_TEMPLATE, GENERATION_MARKER, IGNORE_INDEX, build_prompt
+from huatuo.data.encoder import ConversationEncoder
 
 
 def test_single_turn_prompt_bytes():
@@ -182,8 +177,8 @@ def test_truncation_left_on_by_an_earlier_tokenizer_call_does_not_cut_pieces():
     # tokenizer(text, truncation=True, max_length=n) switches truncation on in the shared Rust backend and leaves it
     # there; the encoder must still see whole pieces, and must leave that state as it found it.
     from huatuo import asset_path
-    from huatuo.backbone import load_tokenizer
-    from huatuo.prepare import tokenizer_digest
+    from huatuo.data.fingerprint import tokenizer_digest
+    from huatuo.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(asset_path("tiny_tokenizer"))
     encoder = ConversationEncoder(tokenizer, max_len=512)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from huatuo.tracking import ResumableCSVLogger, read_wandb_run
-from huatuo.training import train
+from huatuo.training.run import train
+from huatuo.training.tracking import ResumableCSVLogger, read_wandb_run
 
 STEP_METRICS = (
     "train/loss",

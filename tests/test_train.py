@@ -10,8 +10,8 @@ import pytest
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from huatuo.template import build_prompt
-from huatuo.training import train
+from huatuo.core.template import build_prompt
+from huatuo.training.run import train
 from tests.helpers import ROOT, run_script
 
 

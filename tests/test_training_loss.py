@@ -11,9 +11,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import open_dict
 
-from huatuo.module import loss_multiplier, token_statistics
-from huatuo.template import IGNORE_INDEX
-from huatuo.training import train
+from huatuo.core.template import IGNORE_INDEX
+from huatuo.training.module import loss_multiplier, token_statistics
+from huatuo.training.run import train
 
 # Four conversations whose answers differ ~40x in length: one packed row each (greedy packing, window 1).
 CONVERSATIONS = [
@@ -81,7 +81,8 @@ def test_four_accumulated_micro_batches_of_one_equal_one_micro_batch_of_four(tra
     # The reference: one forward of the four rows, summed token losses over the supervised-token count.
     from datasets import load_from_disk
 
-    from huatuo.prepare import prepare, settings_from_config, sources_from_config
+    from huatuo.data.prepare import prepare
+    from huatuo.data.settings import settings_from_config, sources_from_config
 
     tokenizer = instantiate(cfg.backbone.tokenizer)
     data = dict(cfg.data)

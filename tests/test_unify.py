@@ -11,19 +11,19 @@ import pyarrow.parquet as pq
 import pytest
 
 import huatuo
-from huatuo.passages import InputError, ReaderSettings, derived_id, iter_passages, split_passage
-from huatuo.sources import LoadReport, SourceSpec, iter_conversations
-from huatuo.unify import (
+from huatuo.core.errors import HuatuoError
+from huatuo.data.sources import LoadReport, SourceSpec, iter_conversations
+from huatuo.unify.filters import (
     AnswerSettings,
     QuestionSettings,
-    UnifyError,
     check_answer,
     check_question,
     chinese_share,
     clean_reply,
     ngram_jaccard,
-    unify,
 )
+from huatuo.unify.passages import ReaderSettings, derived_id, iter_passages, split_passage
+from huatuo.unify.run import UnifyError, unify
 from tests.fakeserver import CannedServer
 from tests.faultproxy import FaultProxy
 from tests.helpers import compose_config
@@ -337,7 +337,7 @@ def test_bad_input_is_one_error_naming_each_line_the_value_and_the_fix(tmp_path)
         encoding="utf-8",
     )
     with CannedServer(simple_reply) as server:
-        with pytest.raises(InputError) as err:
+        with pytest.raises(HuatuoError) as err:
             unify(config(tmp_path, server.base_url, source))
     message = str(err.value)
     assert "6 bad input record(s)" not in message and "5 bad input record(s)" in message
@@ -367,7 +367,7 @@ def test_bad_config_is_one_error_naming_every_key(tmp_path):
             "+answer.params.stream=true",
             f"output={DEMO}",
         )
-        with pytest.raises(InputError) as err:
+        with pytest.raises(HuatuoError) as err:
             unify(cfg)
     message = str(err.value)
     for key in (
@@ -386,7 +386,7 @@ def test_bad_config_is_one_error_naming_every_key(tmp_path):
 def test_a_key_pasted_into_the_config_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-planted-in-config-123456")
     cfg = config(tmp_path, "http://127.0.0.1:9/v1", DEMO, "+endpoint.params.api_key=sk-planted-in-config-123456")
-    with pytest.raises(InputError) as err:
+    with pytest.raises(HuatuoError) as err:
         unify(cfg)
     assert "endpoint.params.api_key holds the API key" in str(err.value)
     assert "sk-planted-in-config-123456" not in str(err.value)
@@ -398,7 +398,7 @@ def test_openai_without_a_key_is_refused_before_any_request(tmp_path, monkeypatc
         "unify",
         [f"input={DEMO}", f"output={tmp_path / 'o.jsonl'}", "endpoint.model=gpt-4o-mini", f"paths.run_dir={tmp_path}"],
     )
-    with pytest.raises(InputError, match=r"\$OPENAI_API_KEY is empty"):
+    with pytest.raises(HuatuoError, match=r"\$OPENAI_API_KEY is empty"):
         unify(cfg)
 
 

@@ -20,8 +20,8 @@ from types import SimpleNamespace
 import pytest
 
 import huatuo
-from huatuo.sources import LoadReport, SourceSpec, iter_conversations
-from huatuo.unify import unify
+from huatuo.data.sources import LoadReport, SourceSpec, iter_conversations
+from huatuo.unify.run import unify
 from tests.faultproxy import FaultProxy
 from tests.helpers import ROOT, compose_config, run_script
 from tests.servers import make_tiny_checkpoint, transformers_serve

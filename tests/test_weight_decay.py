@@ -10,14 +10,14 @@ import json
 
 import pytest
 
-from huatuo.server import free_port
+from huatuo.inference.server import free_port
 from tests.helpers import run_script
 
 SCRIPT = r"""
 import json, os, sys
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
-from huatuo.module import parameter_groups
+from huatuo.training.module import parameter_groups
 
 config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                      num_key_value_heads=1, attention_bias=True, tie_word_embeddings=False)

@@ -1,0 +1,149 @@
+"""JSON Lines: reading with a location for every record, writing, and crash-safe appending.
+
+Every reader in huatuo (training sources, corpus passages, exams, answer and judgment files) goes through
+``iter_jsonl``: blank lines carry no record, a UTF-8 byte-order mark is harmless, and a line that is not JSON (or not
+UTF-8) comes back as a ``BadLine`` with its reason, so the caller decides whether it is an error or a counted skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from huatuo.core.errors import DataError, HuatuoError, preview
+
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """A line that could not be read as one JSON value: the kind of problem and the detail with its fix."""
+
+    kind: str  # "invalid UTF-8" | "malformed JSON"
+    detail: str
+    torn: bool = False  # the file's last line, without its newline: a write cut short by a kill
+
+
+def utf8_problem(path: str | Path, line: int, column: int, bad: bytes) -> str:
+    """The message for bytes that are not UTF-8, with the usual fix (files exported from Windows tools: GB18030)."""
+    return (
+        f"{path}:{line}: not valid UTF-8 (bytes {bad[:4]!r} at byte {column} of the line); re-encode the file as "
+        "UTF-8, e.g. iconv -f GB18030 -t UTF-8 in.jsonl > out.jsonl"
+    )
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, value)`` for every non-blank line; a line that is not JSON yields a ``BadLine`` as its value."""
+    path = Path(path)
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM) :]
+            torn = not raw.endswith(b"\n")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield number, BadLine("invalid UTF-8", utf8_problem(path, number, err.start, raw[err.start :]), torn)
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as err:
+                text = line.rstrip("\r\n")
+                detail = f"{err.msg} at column {min(err.pos, len(text)) + 1}; fix the line (one JSON value per line)"
+                yield number, BadLine("malformed JSON", f"{detail}; value: {preview(text)}", torn)
+
+
+def read_jsonl(
+    path: str | Path, error: type[HuatuoError] = DataError, allow_torn_tail: bool = False
+) -> list[tuple[int, Any]]:
+    """Every ``(line number, record)`` of a file; the first unreadable line raises ``error`` naming ``file:line``.
+
+    ``allow_torn_tail``: a malformed last line without its newline (an append cut short by a kill) is dropped instead.
+    """
+    records = []
+    for number, value in iter_jsonl(path):
+        if isinstance(value, BadLine):
+            if allow_torn_tail and value.torn:
+                break
+            detail = value.detail if value.detail.startswith(str(path)) else f"{path}:{number}: {value.detail}"
+            raise error(f"{detail}; fix or delete the line")
+        records.append((number, value))
+    return records
+
+
+def parse_jsonl(text: str, source: str | Path, error: type[HuatuoError] = DataError) -> list[Any]:
+    """The records of JSON Lines already read into memory; a bad line raises ``error`` naming ``source:line``."""
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise error(f"{source}:{number}: not valid JSON ({err}); fix or delete the line") from None
+    return records
+
+
+def dumps(record: Any) -> str:
+    """One record as a JSON line (non-ASCII kept readable), without the newline."""
+    return json.dumps(record, ensure_ascii=False)
+
+
+def write_jsonl(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
+    """Write one JSON object per line (UTF-8, non-ASCII readable), replacing the file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(dumps(row) + "\n")
+    return path
+
+
+def write_json(data: Any, path: str | Path) -> Path:
+    """Indented UTF-8 JSON, non-ASCII readable."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+class JsonlAppender:
+    """Appends records as JSON lines, each with one ``write`` (then ``fsync``): a kill can tear only the last line.
+
+    Thread-safe: appends from worker threads land one whole line at a time.
+    """
+
+    def __init__(self, path: str | Path, fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._lock = threading.Lock()
+
+    def append(self, record: Any) -> None:
+        """Write one record as a complete line (and wait until it is on disk when ``fsync``)."""
+        data = (dumps(record) + "\n").encode()
+        with self._lock:
+            written = os.write(self._fd, data)
+            while written < len(data):  # a short write (full disk, signal): finish the line before anything else
+                written += os.write(self._fd, data[written:])
+            if self.fsync:
+                os.fsync(self._fd)
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,250 @@
+"""Exam files and hub splits: every published layout, read record by record into ``Question`` (``exams``).
+
+Layouts read (chosen from the file suffix and the top-level shape, never from the file name):
+
+- a JSON list of records ``{question, option: {A..E}, answer, question_type?}`` (the pharmacist exams, CMB);
+- the HuatuoGPT-II evaluation layout, one JSON object ``{dataset_name: [records]}``; records without options are
+  the open questions of that file and are counted, not scored;
+- JSONL (also a ``.json`` file holding one object per line, as MedMCQA ships it);
+- CSV: CMMLU (``,Question,A,B,C,D,Answer``), C-Eval (``id,question,A,B,C,D,answer,explanation``), CMExam
+  (``Question,Options,Answer,...`` with the options in one ``"A xxx\\nB yyy"`` cell);
+- parquet (hub conversions), and any folder of the above (one file per subject for CMMLU/C-Eval).
+
+Field spellings accepted per record: options as an ``option``/``options``/``Options``/``choices`` dict, a list of
+``{key, value}`` (MedQA as converted by BigBio), a list of strings, an ``"A xxx\\nB yyy"`` string or a JSON string
+of a dict; or one column per letter (``A``..``G``) or ``opa``..``ope`` (MedMCQA). The answer as letters
+(``"ACD"``, ``"A、C"``, ``["A","C"]``), ``answer_idx`` (MedQA, preferred over its answer text), ``cop``
+(MedMCQA, 0- or 1-based), or the exact text of one option. All text is NFKC-normalised (full-width letters and
+punctuation become ASCII); empty options are dropped. A record that cannot be read raises one ``DataError``
+naming ``file:index`` and the reason, or with ``on_error=skip`` is skipped and counted in the report.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from huatuo.core.errors import DataError, raise_problems
+from huatuo.core.jsonl import parse_jsonl
+from huatuo.evaluation.exams import (
+    ANSWER_KEYS,
+    ID_KEYS,
+    OPTION_KEYS,
+    Exam,
+    OnError,
+    Question,
+    RecordError,
+    first_field,
+    normalize_text,
+    record_to_question,
+)
+
+SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
+SPLIT_SUFFIX = re.compile(r"_(val|dev|test|train)$")  # C-Eval names files <subject>_<split>.csv
+
+
+def _read_json_or_jsonl(path: Path) -> Any:
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix == ".jsonl":
+        return parse_jsonl(text, path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        if "Extra data" in str(err):  # a .json file holding one object per line (MedMCQA)
+            return parse_jsonl(text, path)
+        raise DataError(f"{path}: not valid JSON ({err}); fix the file or convert it to JSONL") from None
+
+
+def raw_records(path: Path) -> dict[str, list[Any]]:
+    """The records of one file grouped by dataset name (the HuatuoGPT-II layout has several)."""
+    if path.suffix == ".csv":
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            return {"": list(csv.DictReader(handle))}
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return {"": pq.read_table(path).to_pylist()}
+    if path.suffix in (".json", ".jsonl"):
+        data = _read_json_or_jsonl(path)
+        if isinstance(data, list):
+            return {"": data}
+        if isinstance(data, Mapping) and data and all(isinstance(v, list) for v in data.values()):
+            return {str(name): records for name, records in data.items()}
+        raise DataError(
+            f"{path}: expected a JSON list of questions or an object {{dataset: [questions]}}, "
+            f"got {type(data).__name__}"
+        )
+    raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(SUFFIXES)}")
+
+
+def _detect_cop_base(records: list[Any]) -> int | None:
+    values = {r.get("cop") for r in records if isinstance(r, Mapping) and isinstance(r.get("cop"), int)}
+    if 0 in values and 4 in values:
+        return None
+    if 0 in values:
+        return 0
+    if 4 in values:
+        return 1
+    return None
+
+
+def exam_files(path: Path) -> list[Path]:
+    """A file, or the exam files of a folder (recursively, sorted)."""
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
+    raise DataError(f"{path}: no such file or folder; check eval.data")
+
+
+def _subject_of_file(path: Path) -> str:
+    return SPLIT_SUFFIX.sub("", path.stem)
+
+
+def load_exam(
+    path: str | Path,
+    dataset: str | None = None,
+    subjects: Iterable[str] | None = None,
+    on_error: OnError = "raise",
+    subject_field: str | None = None,
+    cop_base: int | None = None,
+    answers: Mapping[str, Any] | None = None,
+) -> Exam:
+    """Read an exam file or folder (any layout of this module's docstring) into normalised questions.
+
+    ``dataset`` names the questions (default: each file's stem; the folder's name for a folder of per-subject CSVs);
+    ``subjects`` keeps only those subjects (for CMMLU/C-Eval folders: file stems without the split suffix);
+    ``answers`` fills records that carry no answer, by id (see ``read_answer_file``).
+    """
+    root = Path(path)
+    files = exam_files(root)
+    if not files:
+        raise DataError(f"{root}: the folder holds no {'/'.join(SUFFIXES)} files; check eval.data")
+    wanted = {normalize_text(s) for s in subjects} if subjects else None
+    exam, problems = Exam(), []
+    for file in files:
+        per_subject = root.is_dir() and file.suffix == ".csv"  # CMMLU / C-Eval: one CSV per subject
+        file_subject = _subject_of_file(file) if per_subject else ""
+        if wanted is not None and per_subject and file_subject not in wanted:
+            continue
+        for group, records in raw_records(file).items():
+            name = group or dataset or (root.name if per_subject else file.stem)
+            base = cop_base if cop_base is not None else _detect_cop_base(records)
+            for index, record in enumerate(records):
+                source = f"{file}:{group}[{index}]" if group else f"{file}:{index}"
+                if group and isinstance(record, Mapping) and first_field(record, OPTION_KEYS)[0] is None:
+                    exam.open_items += 1
+                    continue
+                try:
+                    question = record_to_question(
+                        with_answer(record, answers),
+                        source,
+                        name,
+                        file_subject or name,
+                        subject_field=subject_field,
+                        cop_base=base,
+                    )
+                except RecordError as err:
+                    problems.append((source, str(err)))
+                    continue
+                if wanted is None or question.subject in wanted:
+                    exam.questions.append(question)
+                else:
+                    exam.filtered += 1
+    _settle(exam, problems, on_error)
+    return exam
+
+
+def load_hub_exam(
+    repo: str,
+    split: str,
+    name: str | None = None,
+    revision: str | None = None,
+    dataset: str | None = None,
+    subject: str | None = None,
+    on_error: OnError = "raise",
+    subject_field: str | None = None,
+    cop_base: int | None = None,
+    answers: Mapping[str, Any] | None = None,
+) -> Exam:
+    """Read one hub dataset split (``datasets.load_dataset``) through the same record reader as local files."""
+    from datasets import load_dataset
+
+    rows = load_dataset(repo, name, split=split, revision=revision)
+    label = f"hf://{repo}" + (f"/{name}" if name else "") + f"[{split}]"
+    dataset = dataset or (name or repo.split("/")[-1])
+    exam, problems = Exam(), []
+    base = cop_base if cop_base is not None else _detect_cop_base(list(rows))
+    for index, record in enumerate(rows):
+        try:
+            exam.questions.append(
+                record_to_question(
+                    with_answer(record, answers),
+                    f"{label}:{index}",
+                    dataset,
+                    subject or dataset,
+                    subject_field=subject_field,
+                    cop_base=base,
+                )
+            )
+        except RecordError as err:
+            problems.append((f"{label}:{index}", str(err)))
+    _settle(exam, problems, on_error)
+    return exam
+
+
+def _settle(exam: Exam, problems: list[tuple[str, str]], on_error: OnError) -> None:
+    if not problems:
+        _check_unique(exam)
+        return
+    if on_error == "skip":
+        exam.skipped += [{"source": source, "reason": reason} for source, reason in problems]
+        _check_unique(exam)
+        return
+    raise_problems(
+        f"{len(problems)} record(s) are not readable multiple-choice questions",
+        [f"{source}: {reason}" for source, reason in problems],
+        DataError,
+        footer="Fix the records, or set eval.on_error=skip to leave them out (they are counted in the report).",
+    )
+
+
+def _check_unique(exam: Exam) -> None:
+    # Duplicate ids (several files of one dataset) would merge rows in the report: fall back to file:index.
+    counts = Counter(q.uid for q in exam.questions)
+    if any(n > 1 for n in counts.values()):
+        exam.questions = [q if counts[q.uid] == 1 else _with_uid(q, f"{q.dataset}/{q.source}") for q in exam.questions]
+
+
+def _with_uid(question: Question, uid: str) -> Question:
+    return replace(question, uid=uid)
+
+
+def read_answer_file(path: str | Path) -> dict[str, Any]:
+    """Answers published apart from the questions (CMB's test set): a JSON/JSONL list of ``{id, answer}``."""
+    records = _read_json_or_jsonl(Path(path))
+    if not isinstance(records, list):
+        raise DataError(f"{path}: expected a list of {{id, answer}} records")
+    answers = {}
+    for index, record in enumerate(records):
+        _, key = first_field(record, ID_KEYS) if isinstance(record, Mapping) else (None, None)
+        _, answer = first_field(record, ANSWER_KEYS) if isinstance(record, Mapping) else (None, None)
+        if key is None or answer is None:
+            raise DataError(f"{path}:{index}: expected an object with an id and an answer")
+        answers[normalize_text(key)] = answer
+    return answers
+
+
+def with_answer(record: Any, answers: Mapping[str, Any] | None) -> Any:
+    """The record with its answer taken from ``answers`` (by id) when the record has none."""
+    if not answers or not isinstance(record, Mapping) or first_field(record, ANSWER_KEYS)[0] is not None:
+        return record
+    _, key = first_field(record, ID_KEYS)
+    key = normalize_text(key)
+    return {**record, "answer": answers[key]} if key in answers else record

@@ -1,0 +1,329 @@
+"""Pairwise LLM-as-judge: two models' answers to the same open questions, compared in both orders.
+
+Each question is judged twice, with model A shown first (order ``ab``) and with model B shown first (order
+``ba``), so a judge's preference for a position cancels out. The judge writes a short comparison and ends with
+one line naming its verdict about Assistant 1: ``better than``, ``worse than`` or ``equal to`` Assistant 2.
+That line is parsed strictly (``parse_verdict``); a reply without it is asked again up to ``parse_retries``
+times, then recorded as a parse failure and reported, never counted as a tie.
+
+The two orders combine into win / tie / loss for model A by one of two rules:
+
+- ``sum`` (the paper's): each verdict gives the preferred model 10 points, or 5 each for ``equal``; the model
+  with more points over both orders wins. A win in one order and a tie in the other is a win.
+- ``agree`` (FastChat's): a model wins only when both orders name it; any disagreement is a tie.
+
+Judgments go to an append-only JSONL file keyed by question id and order, with a fingerprint of everything the
+judge saw (rubric, question, both answers, judge model). Re-running skips every key already judged with the same
+fingerprint, so an interrupted run resumes and changed answers are judged again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from huatuo.core.jsonl import JsonlAppender, iter_jsonl
+from huatuo.core.logs import get_logger
+from huatuo.unify.endpoint import ChatClient, EndpointError
+
+log = get_logger(__name__)
+
+Verdict = Literal["better", "worse", "equal"]
+Rule = Literal["sum", "agree"]
+ORDERS = ("ab", "ba")
+
+_INSTRUCTIONS = """Compare the two answers as a senior physician would, in this order of importance:
+1. Medical correctness and safety: facts, diagnoses, drugs, doses, contraindications and interactions are right;
+   nothing harmful is advised; warning signs are recognised and the patient is told plainly when and where to seek
+   care.
+2. Clinical reasoning: the likely explanations follow from everything the patient said, and the alternatives that
+   matter are considered rather than one guess presented as certain.
+3. Usefulness: the answer deals with what was actually asked and gives concrete, feasible next steps (tests,
+   treatment options, self-care, which department to visit and how urgently).
+4. Communication: clear and well organised, in the patient's language, considerate, without padding.
+Length is not a merit: a longer answer is better only if what it adds is correct and useful. The order in which
+the answers are shown says nothing about their quality.
+
+First write a brief comparison. Then finish with a final line that is exactly one of:
+VERDICT: Assistant 1 is better than Assistant 2
+VERDICT: Assistant 1 is worse than Assistant 2
+VERDICT: Assistant 1 is equal to Assistant 2"""
+
+SINGLE_TURN_PROMPT = (
+    """You are reviewing two AI assistants' answers to the same medical question from a patient.
+
+[Question]
+{question}
+[End of Question]
+
+[Assistant 1]
+{answer_1}
+[End of Assistant 1]
+
+[Assistant 2]
+{answer_2}
+[End of Assistant 2]
+
+"""
+    + _INSTRUCTIONS
+)
+
+MULTI_TURN_PROMPT = (
+    """You are reviewing two medical consultations. In each, the same patient messages were sent to an
+AI assistant, one after another; judge the assistant's replies over the whole conversation, including how well
+later replies use what the patient said earlier.
+
+[Conversation with Assistant 1]
+{answer_1}
+[End of Conversation with Assistant 1]
+
+[Conversation with Assistant 2]
+{answer_2}
+[End of Conversation with Assistant 2]
+
+"""
+    + _INSTRUCTIONS
+)
+
+_VERDICT_LINE = re.compile(
+    r"^(?:verdict\s*[:：]\s*)?assistant\s*([12])\s+is\s+(better\s+than|worse\s+than|equal\s+to)\s+assistant\s*([12])"
+    r"\s*[.。!]?$",
+    re.IGNORECASE,
+)
+_DECORATION = "`*_>#\"' \t“”"
+
+
+@dataclass
+class JudgeItem:
+    """One question with both models' replies (one reply per user turn)."""
+
+    id: str
+    turns: list[str]
+    replies_a: list[str]
+    replies_b: list[str]
+
+
+@dataclass
+class JudgeSettings:
+    """How verdicts are asked for and combined (``eval.*`` of a judge suite)."""
+
+    rule: Rule = "sum"
+    parse_retries: int = 2  # extra requests when a reply has no readable verdict line
+    params: dict[str, Any] = field(default_factory=dict)  # sampling params sent with every judge request
+
+
+def parse_verdict(reply: str) -> Verdict | None:
+    """The verdict about Assistant 1 from the reply's last non-empty line, or None when that line is not a verdict.
+
+    Accepted: ``[VERDICT:] Assistant 1 is better than|worse than|equal to Assistant 2`` (or the same sentence
+    about Assistant 2, mirrored), in any case, wrapped in markdown emphasis or backticks, with a final period.
+    Anything else on the line, or the verdict anywhere but the last line, is not accepted.
+    """
+    lines = [line.strip().strip(_DECORATION).strip() for line in reply.strip().splitlines() if line.strip()]
+    if not lines:
+        return None
+    match = _VERDICT_LINE.match(lines[-1].replace("`", "").replace("*", ""))
+    if not match or match.group(1) == match.group(3):
+        return None
+    relation = " ".join(match.group(2).lower().split())
+    verdict: Verdict = {"better than": "better", "worse than": "worse", "equal to": "equal"}[relation]
+    if match.group(1) == "2":  # "Assistant 2 is better than Assistant 1" says Assistant 1 is worse
+        verdict = {"better": "worse", "worse": "better", "equal": "equal"}[verdict]
+    return verdict
+
+
+def points(verdict: Verdict, order: str) -> tuple[int, int]:
+    """(points for A, points for B) of one verdict, the paper's 10 / 0 / 5-5 scale."""
+    first, second = {"better": (10, 0), "worse": (0, 10), "equal": (5, 5)}[verdict]
+    return (first, second) if order == "ab" else (second, first)
+
+
+def combine(verdict_ab: Verdict, verdict_ba: Verdict, rule: Rule = "sum") -> Literal["win", "tie", "loss"]:
+    """Model A's outcome from the verdicts of both orders (``sum``: the paper's rule; ``agree``: FastChat's)."""
+    a_ab, b_ab = points(verdict_ab, "ab")
+    a_ba, b_ba = points(verdict_ba, "ba")
+    if rule == "sum":
+        a, b = a_ab + a_ba, b_ab + b_ba
+        return "win" if a > b else "loss" if b > a else "tie"
+    if rule == "agree":
+        first = "win" if a_ab > b_ab else "loss" if b_ab > a_ab else "tie"
+        second = "win" if a_ba > b_ba else "loss" if b_ba > a_ba else "tie"
+        return first if first == second else "tie"
+    raise ValueError(f"unknown rule {rule!r}; use sum or agree")
+
+
+def transcript(turns: Sequence[str], replies: Sequence[str]) -> str:
+    """A conversation as the judge reads it: ``Patient:`` / ``Assistant:`` paragraphs."""
+    return "\n\n".join(f"Patient: {q}\nAssistant: {a}" for q, a in zip(turns, replies, strict=True))
+
+
+def judge_prompt(item: JudgeItem, order: str) -> str:
+    """The judge's message for one order (``ab``: A is Assistant 1)."""
+    first, second = (item.replies_a, item.replies_b) if order == "ab" else (item.replies_b, item.replies_a)
+    if len(item.turns) == 1:
+        return SINGLE_TURN_PROMPT.format(question=item.turns[0], answer_1=first[0], answer_2=second[0])
+    return MULTI_TURN_PROMPT.format(answer_1=transcript(item.turns, first), answer_2=transcript(item.turns, second))
+
+
+def fingerprint(prompt: str, judge_model: str) -> str:
+    """Identifies what was judged: a changed answer, rubric or judge model means a new judgment."""
+    return hashlib.sha256(f"{judge_model}\n{prompt}".encode()).hexdigest()[:16]
+
+
+def read_judgments(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The latest judgment per ``id|order`` key of an append-only JSONL file (a torn last line is ignored)."""
+    latest: dict[str, dict[str, Any]] = {}
+    if not Path(path).is_file():
+        return latest
+    for _, record in iter_jsonl(path):  # a run killed mid-write leaves at most one partial line: a BadLine
+        if isinstance(record, dict) and "key" in record:
+            latest[record["key"]] = record
+    return latest
+
+
+async def _judge_one(
+    client: ChatClient, prompt: str, settings: JudgeSettings
+) -> tuple[Verdict | None, str, int, str | None]:
+    reply, error = "", None
+    for attempt in range(1, settings.parse_retries + 2):
+        try:
+            result = await client.chat([{"role": "user", "content": prompt}], **settings.params)
+        except EndpointError as err:
+            return None, reply, attempt, f"endpoint: {err.kind}"
+        reply = result.text
+        verdict = parse_verdict(reply)
+        if verdict is not None:
+            return verdict, reply, attempt, None
+        error = "no verdict line"
+    return None, reply, settings.parse_retries + 1, error
+
+
+async def judge_pairs(
+    items: Sequence[JudgeItem],
+    client: ChatClient,
+    settings: JudgeSettings,
+    judgments_path: str | Path,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Judge every item in both orders, skipping keys already judged; returns the latest judgment per key."""
+    path = Path(judgments_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = read_judgments(path)
+    judge_model = client.settings.model
+    pending = []
+    for item in items:
+        for order in ORDERS:
+            prompt = judge_prompt(item, order)
+            key, print_ = f"{item.id}|{order}", fingerprint(prompt, judge_model)
+            old = done.get(key)
+            if old and old.get("verdict") and old.get("fingerprint") == print_:
+                continue
+            pending.append((item, order, key, print_, prompt))
+    log.info(
+        "judging %d of %d (question, order) pairs; %d already judged",
+        len(pending),
+        2 * len(items),
+        2 * len(items) - len(pending),
+    )
+
+    with JsonlAppender(path, fsync=False) as handle:
+
+        async def run(item: JudgeItem, order: str, key: str, print_: str, prompt: str) -> None:
+            verdict, reply, attempts, error = await _judge_one(client, prompt, settings)
+            record = {
+                "key": key,
+                "id": item.id,
+                "order": order,
+                "fingerprint": print_,
+                "judge_model": judge_model,
+                "verdict": verdict,
+                "attempts": attempts,
+                "error": error,
+                "reply": reply,
+            }
+            handle.append(record)  # each judgment is one whole line before the next: an interrupted run loses nothing
+            done[key] = record
+            if progress:
+                progress(1)
+
+        await asyncio.gather(*(run(*p) for p in pending))
+    return done
+
+
+def summarize_judgments(
+    items: Sequence[JudgeItem], judgments: Mapping[str, Mapping[str, Any]], rule: Rule
+) -> dict[str, Any]:
+    """Win / tie / loss of model A over the items judged in both orders, and everything that went wrong."""
+    outcomes: Counter = Counter()
+    per_order = {order: Counter() for order in ORDERS}
+    errors: Counter = Counter()
+    incomplete, per_item, agree = [], [], 0
+    for item in items:
+        verdicts = {}
+        for order in ORDERS:
+            record = judgments.get(f"{item.id}|{order}") or {}
+            verdicts[order] = record.get("verdict")
+            per_order[order][record.get("verdict") or "failed"] += 1
+            if not record.get("verdict"):
+                errors[record.get("error") or "not judged"] += 1
+        if verdicts["ab"] and verdicts["ba"]:
+            outcome = combine(verdicts["ab"], verdicts["ba"], rule)
+            outcomes[outcome] += 1
+            same_winner = combine(verdicts["ab"], verdicts["ba"], "agree") != "tie"
+            agree += same_winner or verdicts["ab"] == verdicts["ba"] == "equal"
+        else:
+            outcome = None
+            incomplete.append(item.id)
+        per_item.append({"id": item.id, "ab": verdicts["ab"], "ba": verdicts["ba"], "outcome": outcome})
+    judged = sum(outcomes.values())
+    rate = {k: (outcomes[k] / judged if judged else 0.0) for k in ("win", "tie", "loss")}
+    return {
+        "rule": rule,
+        "items": len(items),
+        "judged": judged,
+        "win": outcomes["win"],
+        "tie": outcomes["tie"],
+        "loss": outcomes["loss"],
+        "win_rate": rate["win"],
+        "tie_rate": rate["tie"],
+        "loss_rate": rate["loss"],
+        "incomplete": incomplete,
+        "failures": dict(errors),
+        "per_order": {order: dict(counts) for order, counts in per_order.items()},
+        "order_consistency": agree / judged if judged else 0.0,
+        "per_item": per_item,
+    }
+
+
+def judge_markdown(results: Mapping[str, Any]) -> str:
+    """``results.md`` of a judge run."""
+    s = results["summary"]
+    lines = [
+        f"# {results['suite']}: {results['model_a']} vs {results['model_b']}",
+        "",
+        f"- judge: `{results['judge_model']}`; rule: `{s['rule']}`; questions: {s['items']}; "
+        f"judged in both orders: {s['judged']}",
+        "",
+        f"| {results['model_a']} | win | tie | loss |",
+        "| --- | ---: | ---: | ---: |",
+        f"| count | {s['win']} | {s['tie']} | {s['loss']} |",
+        f"| % | {100 * s['win_rate']:.1f} | {100 * s['tie_rate']:.1f} | {100 * s['loss_rate']:.1f} |",
+        "",
+        f"- order consistency (both orders agree on the winner, or both say equal): "
+        f"{100 * s['order_consistency']:.1f}%",
+        f"- verdicts per order: {json.dumps(s['per_order'], ensure_ascii=False)}",
+        f"- incomplete (a verdict missing after retries, not counted): {len(s['incomplete'])}"
+        + (f" — {', '.join(s['incomplete'][:20])}" if s["incomplete"] else ""),
+        f"- failures by reason: {json.dumps(s['failures'], ensure_ascii=False) if s['failures'] else 'none'}",
+        "",
+        f"Judgments (append-only, resumable): `{results['files']['judgments']}`.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,151 @@
+"""Multiple-choice suites: read the questions (files or hub splits), answer them in loglik or generate mode, and write
+``results.json``, ``results.md``, ``predictions.jsonl`` and the per-subject plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from huatuo.core.errors import ConfigError
+from huatuo.core.jsonl import write_json, write_jsonl
+from huatuo.core.logs import get_logger
+from huatuo.evaluation.exam_files import load_exam, load_hub_exam, read_answer_file
+from huatuo.evaluation.exams import Exam, Question
+from huatuo.evaluation.generation import generate_texts
+from huatuo.evaluation.loading import load_evaluated_model, progress_bar
+from huatuo.evaluation.loglik import LoglikSettings, score_loglik
+from huatuo.evaluation.prompt import mcq_prompt
+from huatuo.evaluation.replies import read_reply
+from huatuo.evaluation.reports import markdown, plot_subjects, summarize
+from huatuo.evaluation.tracking import log_to_loggers
+from huatuo.inference.loading import LoadedModel
+
+log = get_logger(__name__)
+
+
+def load_suite(ev: DictConfig) -> Exam:
+    """The suite's questions: ``eval.data`` when set, else each hub split listed under ``eval.hub``."""
+    answers = read_answer_file(ev.answers) if ev.get("answers") else None
+    common = {
+        "on_error": ev.get("on_error", "raise"),
+        "subject_field": ev.get("subject_field"),
+        "cop_base": ev.get("cop_base"),
+        "answers": answers,
+    }
+    subjects = list(ev.subjects) if ev.get("subjects") else None
+    data = None if OmegaConf.is_missing(ev, "data") else ev.get("data")
+    if data is not None:
+        exam = load_exam(data, dataset=ev.get("dataset"), subjects=subjects, **common)
+    else:
+        exam = Exam()
+        for entry in OmegaConf.to_container(ev.hub, resolve=True):
+            names = entry.get("name")
+            for name in names if isinstance(names, list) else [names]:
+                part = load_hub_exam(
+                    entry["repo"],
+                    entry.get("split", "test"),
+                    name=name,
+                    revision=entry.get("revision"),
+                    dataset=entry.get("dataset"),
+                    subject=name if isinstance(names, list) else entry.get("subject"),
+                    **{**common, "cop_base": entry.get("cop_base", common["cop_base"])},
+                )
+                exam.extend(part)
+        if subjects:
+            kept = [q for q in exam.questions if q.subject in set(subjects)]
+            exam.filtered += len(exam.questions) - len(kept)
+            exam.questions = kept
+    if ev.get("limit"):
+        exam.filtered += max(0, len(exam.questions) - int(ev.limit))
+        exam.questions = exam.questions[: int(ev.limit)]
+    if not exam.questions:
+        raise ConfigError(f"suite {ev.get('name')!r} has no questions left (check eval.data / eval.subjects)")
+    return exam
+
+
+def run_exam(cfg: DictConfig, loaded: LoadedModel, exam: Exam) -> list[dict[str, Any]]:
+    """Answer every question in the configured mode; one row per question for the reports."""
+    ev = cfg.eval
+    questions = exam.questions
+    prompts = [loaded.render([{"role": "user", "content": mcq_prompt(q)}]) for q in questions]
+    rows = []
+    with progress_bar(cfg, len(questions), f"{ev.name} ({ev.mode})") as bar:
+        if ev.mode == "loglik":
+            settings = LoglikSettings(**OmegaConf.to_container(ev.loglik, resolve=True))
+            contexts = [p + settings.answer_prefix for p in prompts]
+            results = score_loglik(loaded, questions, contexts, cfg.batch_size, settings, progress=bar.update)
+            for q, context, result in zip(questions, contexts, results, strict=True):
+                top = dict(sorted(result.scores.items(), key=lambda kv: -kv[1])[:5])
+                rows.append(_row(q, context, None, result.letters, "loglik", {k: round(v, 4) for k, v in top.items()}))
+        else:
+            generation = OmegaConf.to_container(ev.generate, resolve=True)
+            replies = generate_texts(loaded, prompts, cfg.batch_size, generation, seed=cfg.seed, progress=bar.update)
+            for q, prompt, reply in zip(questions, prompts, replies, strict=True):
+                readback = read_reply(reply, q.options, q.multi)
+                rows.append(_row(q, prompt, reply, readback.letters, readback.rule, None))
+    return rows
+
+
+def _row(
+    question: Question, prompt: str, reply: str | None, letters: str, rule: str | None, scores: dict | None
+) -> dict[str, Any]:
+    return {
+        "uid": question.uid,
+        "dataset": question.dataset,
+        "subject": question.subject,
+        "question_type": question.question_type,
+        "answer_count": question.answer_count,
+        "multi": question.multi,
+        "source": question.source,
+        "prompt": prompt,
+        "reply": reply,
+        "scores": scores,
+        "extracted": letters,
+        "rule": rule,
+        "gold": question.answer,
+        "correct": bool(letters) and letters == question.answer,
+        "miss": rule is None,
+    }
+
+
+def evaluate_exam(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Load the suite and the model, answer, and write the reports."""
+    ev = cfg.eval
+    exam = load_suite(ev)
+    log.info(
+        "suite %s: %d questions (%d multi-answer), %d skipped, %d open items",
+        ev.name,
+        len(exam.questions),
+        sum(q.multi for q in exam.questions),
+        len(exam.skipped),
+        exam.open_items,
+    )
+    loaded, model_name = load_evaluated_model(cfg)
+    rows = run_exam(cfg, loaded, exam)
+    summary = summarize(rows)
+    files = {
+        "predictions": str(write_jsonl(rows, run_dir / "predictions.jsonl")),
+        "plot": str(plot_subjects(summary["by_subject"], run_dir / "subject_accuracy.png", f"{ev.name} ({ev.mode})")),
+    }
+    if exam.skipped:
+        files["skipped"] = str(write_jsonl(exam.skipped, run_dir / "skipped.jsonl"))
+    results = {
+        "kind": "mcq",
+        "suite": ev.name,
+        "mode": ev.mode,
+        "model": model_name,
+        "skipped": len(exam.skipped),
+        "open_items": exam.open_items,
+        "filtered": exam.filtered,
+        "summary": summary,
+        "settings": OmegaConf.to_container(ev.loglik if ev.mode == "loglik" else ev.generate, resolve=True),
+        "files": files,
+    }
+    write_json(results, run_dir / "results.json")
+    (run_dir / "results.md").write_text(markdown(results), encoding="utf-8")
+    log.info("%s: accuracy %.1f%% over %d questions, miss rate %.1f%%", ev.name, 100 * summary["accuracy"],
+             summary["n"], 100 * summary["miss_rate"])  # fmt: skip
+    log_to_loggers(cfg, results, rows)
+    return results

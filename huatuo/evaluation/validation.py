@@ -1,0 +1,99 @@
+"""Every problem of a composed ``evaluate.yaml`` config, found before any model or data loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from huatuo.core.errors import raise_problems
+from huatuo.models.loading import model_folder_problem
+
+MODES = ("loglik", "generate")
+RULES = ("sum", "agree")
+
+
+def _cuda_available() -> bool:
+    import torch  # only for a cuda device setting: torch takes a second or two to import
+
+    return torch.cuda.is_available()
+
+
+def eval_config_problems(cfg: DictConfig) -> list[str]:
+    """Every problem of a composed ``evaluate.yaml`` config that can be found without loading anything."""
+    problems: list[str] = []
+    ev = cfg.eval
+    batch = cfg.get("batch_size")
+    if not isinstance(batch, int) or batch < 1:
+        problems.append(f"batch_size={batch!r} must be an integer >= 1")
+    if str(cfg.get("device")).startswith("cuda") and not _cuda_available():
+        problems.append(f"device={cfg.device} but no CUDA device is visible; use device=cpu or device=auto")
+    model_path = cfg.get("model_path")
+    if model_path is not None and (problem := model_folder_problem(str(model_path), "model_path")):
+        problems.append(problem)
+    kind = ev.get("kind")
+    if kind == "mcq":
+        problems += _mcq_problems(ev)
+    elif kind == "judge":
+        problems += _judge_problems(ev)
+    else:
+        problems.append(f"eval.kind={kind!r}: use mcq or judge (choose a suite with eval=<name>)")
+    return problems
+
+
+def _mcq_problems(ev: DictConfig) -> list[str]:
+    problems = []
+    if ev.get("mode") not in MODES:
+        problems.append(f"eval.mode={ev.get('mode')!r}: use loglik (fast, likelihoods) or generate (the paper's)")
+    data = ev.get("data") if not OmegaConf.is_missing(ev, "data") else None
+    if data is None and not ev.get("hub"):
+        problems.append("eval.data is not set and the suite names no hub splits; pass eval.data=FILE_OR_FOLDER")
+    elif data is not None and not Path(str(data)).exists():
+        problems.append(f"eval.data={data!r}: no such file or folder; fix the path")
+    if ev.get("on_error") not in ("raise", "skip"):
+        problems.append(f"eval.on_error={ev.get('on_error')!r}: use raise or skip")
+    if ev.get("answers") and not Path(str(ev.answers)).is_file():
+        problems.append(f"eval.answers={ev.answers!r}: no such file (a JSON/JSONL list of {{id, answer}})")
+    if ev.get("cop_base") not in (None, 0, 1):
+        problems.append(f"eval.cop_base={ev.get('cop_base')!r}: use 0, 1 or null (detect per file)")
+    loglik = ev.get("loglik") or {}
+    if int(loglik.get("multi_min_letters", 1)) < 1:
+        problems.append("eval.loglik.multi_min_letters must be >= 1")
+    if int(loglik.get("candidate_batch", 1)) < 1:
+        problems.append("eval.loglik.candidate_batch must be >= 1")
+    return problems
+
+
+def _judge_problems(ev: DictConfig) -> list[str]:
+    problems = []
+    if ev.get("rule") not in RULES:
+        problems.append(f"eval.rule={ev.get('rule')!r}: use sum (the paper's) or agree (FastChat's)")
+    if not isinstance(ev.get("parse_retries"), int) or ev.parse_retries < 0:
+        problems.append(f"eval.parse_retries={ev.get('parse_retries')!r} must be an integer >= 0")
+    questions = ev.get("questions")
+    if questions is not None and not Path(str(questions)).is_file():
+        problems.append(f"eval.questions={questions!r}: no such file")
+    for side in ("model_a", "model_b"):
+        spec = ev.get(side) or {}
+        answers, model_path = spec.get("answers"), spec.get("model_path")
+        if answers is not None and not Path(str(answers)).is_file():
+            problems.append(f"eval.{side}.answers={answers!r}: no such file")
+        if answers is not None and model_path is not None:
+            problems.append(f"eval.{side}: set answers or model_path, not both")
+        if side == "model_b" and answers is None and model_path is None:
+            problems.append(
+                "eval.model_b needs answers=FILE (e.g. a reference model's replies) or model_path=DIR to generate them"
+            )
+        if (answers is None) and questions is None:
+            problems.append(f"eval.{side} generates answers but eval.questions is null; give a question file")
+    if ev.get("turns") not in ("single", "multi", "any"):
+        problems.append(f"eval.turns={ev.get('turns')!r}: use single, multi or any")
+    judge = ev.get("judge") or {}
+    if not judge.get("model"):
+        problems.append("eval.judge.model is empty; name the judge model the endpoint serves")
+    return problems
+
+
+def check_eval_config(cfg: DictConfig) -> None:
+    """Raise one ConfigError listing every problem, or return quietly."""
+    raise_problems("the evaluate config cannot run", eval_config_problems(cfg))
