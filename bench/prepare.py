@@ -17,6 +17,17 @@ that ``load_tokenizer`` loads. Both sides use the same tokenizer object.
 Prints samples/s of both and their ratio (the baseline and the pipeline run on the same samples, and their rows
 are checked to be identical), the packing fill of greedy (the paper's) and best_fit at ``--max-len``, and the peak
 resident memory of a pipeline run on ``--rss-samples`` samples in a fresh process.
+
+``--end-to-end`` measures the whole command instead, as a user runs it: ``python -m huatuo.prepare`` as a fresh
+process on a fresh cache, on the same mixture written as a data config, with the Baichuan2 tokenizer as a released
+folder holds it (``tokenizer.model`` + ``tokenizer_config.json``). Each size runs the command twice: cold (nothing
+cached) and again with ``force=true`` (the data rebuilt, the tokenizer read from its cache: what a priority sweep
+pays per trial). Beside it, in the same run: the per-sample baseline as its own process, and with ``--reference DIR``
+the same command from another checkout of huatuo (an earlier commit), both on the smaller sizes
+(``--compare-max``). Reported per run: wall, CPU, cores busy, peak RSS (the largest process, and all processes of
+the command together), and the phases from ``stats.json``.
+
+    python bench/prepare.py --end-to-end --reference /tmp/huatuo-before     # 123k and 1M conversations
 """
 
 from __future__ import annotations
@@ -313,6 +324,183 @@ def child_rss(folder: Path, tokenizer_spec: str, max_len: int) -> None:
     print(json.dumps({"samples": samples, "seconds": seconds, "peak_rss_mib": peak, "rss_before_mib": before}))
 
 
+# ------------------------------------------------------------------------------------------------- end to end
+def tokenizer_folder(model_file: Path, folder: Path) -> Path:
+    """A folder laid out like the released Baichuan2 ones: ``tokenizer.model`` and a config naming its class."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.model").write_bytes(model_file.read_bytes())
+    config = {
+        "tokenizer_class": "BaichuanTokenizer",
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": "<unk>",
+        "model_max_length": 4096,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def data_config(sources: dict[str, dict], conf: Path, name: str, max_len: int) -> None:
+    """``conf/data/<name>.yaml`` for these sources, with the demo mixture's other settings."""
+    from omegaconf import OmegaConf
+
+    from huatuo import conf_dir
+
+    settings = OmegaConf.to_container(OmegaConf.load(Path(conf_dir()) / "data" / "demo.yaml"))
+    settings.update(sources=sources, max_len=max_len, cache_dir="${paths.cache_dir}/prepared")
+    (conf / "data").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(settings), conf / "data" / f"{name}.yaml")
+
+
+def _tree_rss_mib(pid: int) -> float:
+    """Resident memory of a process and all its descendants (counts pages shared after fork once per process)."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, StopIteration, ValueError):
+            continue
+    return total / 1024
+
+
+def run_measured(command: list[str], cwd: Path, env: dict[str, str]) -> dict[str, float]:
+    """Wall, CPU and peak memory of a command (and its workers) run as a fresh process."""
+    import threading
+
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    tree_peak, done = 0.0, threading.Event()
+
+    def sample() -> None:
+        nonlocal tree_peak
+        while not done.wait(0.05):
+            tree_peak = max(tree_peak, _tree_rss_mib(process.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    if process.returncode:
+        sys.exit(f"{' '.join(command)} failed ({process.returncode}):\n{output.decode(errors='replace')[-3000:]}")
+    cpu = usage.ru_utime + usage.ru_stime  # the command and every worker it waited for
+    return {"wall": wall, "cpu": cpu, "rss": usage.ru_maxrss / 1024, "tree_rss": tree_peak}
+
+
+def child_baseline(folder: Path, tokenizer_spec: str, max_len: int) -> None:
+    """The per-sample baseline as its own process: load the tokenizer, prepare, write (what a user would run)."""
+    tokenizer = load_bench_tokenizer(tokenizer_spec)
+    sources = json.loads((folder / "sources.json").read_text())
+    baseline_prepare(sources, tokenizer, max_len, 0, "best_fit", folder / "baseline-out")
+
+
+def end_to_end(args, rows: list[tuple[str, str, str]]) -> None:
+    """The whole prepare command, cold and warm, beside the baseline process and the reference checkout."""
+    sizes = [int(n) for n in args.e2e_samples.split(",")]
+    started = time.perf_counter()
+    torch_import = min(
+        run_measured([sys.executable, "-c", "import torch"], ROOT, dict(os.environ))["wall"] for _ in range(3)
+    )
+    print(f"python -c 'import torch': {torch_import:.2f}s (best of 3)")
+    table = []
+    with tempfile.TemporaryDirectory(prefix="huatuo-e2e-") as tmp:
+        tmp = Path(tmp)
+        given = Path(args.tokenizer)
+        tokenizer = given if given.is_dir() else tokenizer_folder(given, tmp / "tokenizer")
+        for n in sizes:
+            folder = tmp / f"data-{n}"
+            sources = write_mixture(rows, folder, n, seed=4)
+            (folder / "sources.json").write_text(json.dumps(sources))
+            data_config(sources, tmp / "conf", f"bench{n}", args.max_len)
+            pool = sum(int(n_s * v["epochs"]) for n_s, v in zip(_source_sizes(sources), sources.values(), strict=True))
+
+            def command(label: str, *extra: str, n: int = n) -> list[str]:
+                return [
+                    sys.executable,
+                    "-m",
+                    "huatuo.prepare",
+                    f"hydra.searchpath=[file://{tmp / 'conf'}]",
+                    f"data=bench{n}",
+                    f"backbone.tokenizer.path={tokenizer}",
+                    f"backbone.max_len={args.max_len}",
+                    f"paths.cache_dir={tmp / f'cache-{label}-{n}'}",
+                    f"hydra.run.dir={tmp / 'runs' / f'{label}-{n}'}",
+                    *extra,
+                ]
+
+            env = {**os.environ, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
+            runs = [("huatuo, cold", command("ours"), ROOT, env)]
+            runs.append(("huatuo, warm tokenizer", command("ours", "force=true"), ROOT, env))
+            if n <= args.compare_max and args.reference:
+                reference = Path(args.reference).resolve()
+                runs.append(("reference checkout", command("ref"), reference, {**env, "PYTHONPATH": str(reference)}))
+            if n <= args.compare_max:
+                baseline = [sys.executable, __file__, "--child-baseline", str(folder), "--tokenizer", str(tokenizer)]
+                runs.append(("per-sample baseline", [*baseline, "--max-len", str(args.max_len)], ROOT, env))
+            for label, cmd, cwd, run_env in runs:
+                measured = run_measured(cmd, cwd, run_env)
+                stats = _stats(tmp, label, n)
+                table.append((n, pool, label, measured, stats))
+                print(_row(n, pool, label, measured, stats, torch_import), flush=True)
+    print()
+    print(
+        "| conversations (pool) | run | wall s | CPU s | cores busy | peak RSS MiB (largest / all) | start-up s | "
+        "read+tokenize s (cores) | order+pack s | write s | plots s |"
+    )
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n, pool, label, measured, stats in table:
+        print(_row(n, pool, label, measured, stats, torch_import))
+    for n in sizes:
+        runs = {label: m for size, _, label, m, _ in table if size == n}
+        ours = runs["huatuo, cold"]["wall"]
+        for other in ("reference checkout", "per-sample baseline"):
+            if other in runs:
+                print(
+                    f"{n:,} conversations: huatuo (cold) is {runs[other]['wall'] / ours:.2f}x faster than the {other}"
+                )
+    print(f"bench wall {time.perf_counter() - started:.0f}s; load average {os.getloadavg()[0]:.1f} at the end")
+
+
+def _source_sizes(sources: dict[str, dict]) -> list[int]:
+    return [sum(1 for path in v["paths"] for _ in open(path, encoding="utf-8")) for v in sources.values()]
+
+
+def _stats(tmp: Path, label: str, n: int) -> dict | None:
+    tag = {"huatuo, cold": "ours", "huatuo, warm tokenizer": "ours", "reference checkout": "ref"}.get(label)
+    found = sorted((tmp / f"cache-{tag}-{n}").glob("prepared/*/stats.json")) if tag else []
+    return json.loads(found[0].read_text()) if found else None
+
+
+def _row(n: int, pool: int, label: str, measured: dict, stats: dict | None, torch_import: float) -> str:
+    wall, cpu = measured["wall"], measured["cpu"]
+    cells = [f"{n:,} ({pool:,})", label, f"{wall:.1f}", f"{cpu:.1f}", f"{cpu / wall:.2f}"]
+    cells.append(f"{measured['rss']:,.0f} / {measured['tree_rss']:,.0f}")
+    if stats is None:
+        return "| " + " | ".join(cells + ["-"] * 5) + " |"
+    phases, busy = stats.get("phase_seconds", {}), stats.get("phase_cores_busy") or {}
+    start_up = stats.get("start_up_seconds")
+    if start_up is None:  # an older checkout: everything before the build
+        start_up = wall - stats.get("seconds", 0.0)
+    cells.append(f"{start_up:.2f} (+{start_up - torch_import:.2f} vs torch)")
+    tokenize = phases.get("read_and_tokenize", 0.0)
+    cells.append(
+        f"{tokenize:.1f} ({busy['read_and_tokenize']:.2f})" if "read_and_tokenize" in busy else f"{tokenize:.1f}"
+    )
+    cells.append(f"{phases.get('order', 0.0) + phases.get('pack', 0.0):.2f}")
+    cells += [f"{phases.get('write', 0.0):.2f}", f"{phases.get('schedule', 0.0):.2f}"]
+    return "| " + " | ".join(cells) + " |"
+
+
 def timed(call) -> tuple[object, float, float]:
     """Result, wall seconds and CPU seconds (all threads of this process) of ``call()``."""
     started, cpu = time.perf_counter(), time.process_time()
@@ -336,10 +524,23 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=4096)
     parser.add_argument("--packing", default="best_fit", choices=["best_fit", "greedy"])
     parser.add_argument("--check-texts", type=int, default=600, help="texts checked against sentencepiece")
+    parser.add_argument("--end-to-end", action="store_true", help="time the whole command as fresh processes")
+    parser.add_argument("--e2e-samples", default="123000,1000000", help="conversations per end-to-end size")
+    parser.add_argument("--compare-max", type=int, default=123_000, help="largest size the comparisons also run")
+    parser.add_argument("--reference", help="another huatuo checkout whose prepare command runs beside ours")
     parser.add_argument("--child-rss", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--child-baseline", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_rss:
         child_rss(args.child_rss, args.tokenizer, args.max_len)
+        return
+    if args.child_baseline:
+        child_baseline(args.child_baseline, args.tokenizer, args.max_len)
+        return
+    if args.end_to_end:
+        rows, _ = read_dialogues(args.csv)
+        print(f"machine: {len(os.sched_getaffinity(0))} cores; load average {os.getloadavg()[0]:.1f} at the start")
+        end_to_end(args, rows)
         return
 
     rows, cut = read_dialogues(args.csv)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import time
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ from huatuo.core.errors import ConfigError, raise_problems
 from huatuo.core.logs import get_logger
 from huatuo.data.arrow import save_dataset, write_rows
 from huatuo.data.encoder import ConversationEncoder
-from huatuo.data.fingerprint import fingerprint
+from huatuo.data.fingerprint import FileDigests, fingerprint
 from huatuo.data.packing import pack
 from huatuo.data.sampler import PrioritySampler
 from huatuo.data.schedule import SCHEDULE_BINS, order_displacement, plot_schedule, schedule_counts, schedule_shares
@@ -53,8 +54,43 @@ class Prepared:
         return self.path / "dataset"
 
 
-def _build(specs, tokenizer, settings: PackingSettings, workdir: Path, key: str) -> dict[str, Any]:
+class _Phases:
+    """Wall and CPU seconds (this process and its finished workers) of each phase of a build."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._mark = self._now()
+
+    @staticmethod
+    def _now() -> tuple[float, float]:
+        own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime
+        return time.perf_counter(), cpu
+
+    def end(self, name: str) -> None:
+        """Close the phase that started at the previous ``end`` (or at construction)."""
+        now = self._now()
+        self.wall[name], self.cpu[name] = now[0] - self._mark[0], now[1] - self._mark[1]
+        self._mark = now
+
+
+def seconds_since_process_start() -> float | None:
+    """How long this process has existed (Linux; None elsewhere): the start-up before a stage's own work."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat, in clock ticks since boot
+        return float(Path("/proc/uptime").read_text().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _build(
+    specs, tokenizer, settings: PackingSettings, workdir: Path, key: str, num_proc: int | None = None
+) -> dict[str, Any]:
     started = time.perf_counter()
+    start_up = seconds_since_process_start()
+    phases = _Phases()
     log.info(
         "preparing %d source(s) (%s packing, max_len %d) into %s",
         len(specs),
@@ -65,9 +101,8 @@ def _build(specs, tokenizer, settings: PackingSettings, workdir: Path, key: str)
     encoder = ConversationEncoder(tokenizer, settings.max_len)  # ConfigError: max_len below the template's minimum
     tmp = workdir / "tokens"
     tmp.mkdir(parents=True)
-    tokens = tokenize_sources(specs, encoder, settings, tmp)
-    phases = {"read_and_tokenize": time.perf_counter() - started}
-    mark = time.perf_counter()
+    tokens = tokenize_sources(specs, encoder, settings, tmp, num_proc=num_proc)
+    phases.end("read_and_tokenize")
     sizes = np.diff(tokens.source_base).tolist()
     sampler = PrioritySampler(sizes, [s.priority for s in specs], [s.epochs for s in specs], settings.seed)
     order = sampler.order()
@@ -78,17 +113,14 @@ def _build(specs, tokenizer, settings: PackingSettings, workdir: Path, key: str)
         )
     global_sample = tokens.source_base[order.source] + order.sample
     doc_tokens = tokens.lengths[global_sample]
-    phases["order"] = time.perf_counter() - mark
-    mark = time.perf_counter()
+    phases.end("order")
     rows = pack(doc_tokens, settings.max_len, settings.packing, settings.window, settings.open_rows)
-    phases["pack"] = time.perf_counter() - mark
-    mark = time.perf_counter()
+    phases.end("pack")
     rows_file = workdir / "rows.arrow"
     row_tokens, row_supervised = write_rows(rows_file, rows, order, global_sample, tokens)
     save_dataset(rows_file, workdir / "dataset")
     shutil.rmtree(tmp)
-    phases["write"] = time.perf_counter() - mark
-    mark = time.perf_counter()
+    phases.end("write")
 
     names = [s.name for s in specs]
     labels = [f"{s.name} (priority {s.priority:g}, {s.epochs:g} ep)" for s in specs]
@@ -96,7 +128,7 @@ def _build(specs, tokenizer, settings: PackingSettings, workdir: Path, key: str)
     title = f"curriculum: {len(order):,} documents in {len(rows):,} rows ({settings.packing}, seed {settings.seed})"
     plot_schedule(fine, labels, workdir / "schedule.png", title, len(order))
     shares = schedule_shares(rows, order, doc_tokens, len(specs), int(min(SCHEDULE_BINS, max(len(rows), 1))))
-    phases["schedule"] = time.perf_counter() - mark
+    phases.end("schedule")
     pool = sampler.pool_sizes()
     capacity = len(rows) * settings.max_len
     stats = {
@@ -133,7 +165,10 @@ def _build(specs, tokenizer, settings: PackingSettings, workdir: Path, key: str)
         },
         "schedule": {"bins": len(shares), "names": names, "shares": np.round(shares, 4).tolist()},
         "seconds": round(time.perf_counter() - started, 2),
-        "phase_seconds": {k: round(v, 2) for k, v in phases.items()},
+        "phase_seconds": {k: round(v, 2) for k, v in phases.wall.items()},
+        # CPU seconds over wall seconds per phase: how many cores each kept busy
+        "phase_cores_busy": {k: round(phases.cpu[k] / v, 2) if v > 0 else None for k, v in phases.wall.items()},
+        "start_up_seconds": None if start_up is None else round(start_up, 2),  # process start to the first record
     }
     (workdir / "stats.json").write_text(json.dumps(stats, indent=1, ensure_ascii=False))
     (workdir / "sources.json").write_text(json.dumps(names, ensure_ascii=False))
@@ -150,11 +185,19 @@ def _build(specs, tokenizer, settings: PackingSettings, workdir: Path, key: str)
 
 
 def prepare(
-    specs: Sequence[SourceSpec], tokenizer, settings: PackingSettings, cache_dir: str | Path, force: bool = False
+    specs: Sequence[SourceSpec],
+    tokenizer,
+    settings: PackingSettings,
+    cache_dir: str | Path,
+    force: bool = False,
+    num_proc: int | None = None,
 ) -> Prepared:
-    """Prepare (or reuse) the packed dataset for these sources; returns where it lives and its statistics."""
+    """Prepare (or reuse) the packed dataset for these sources; returns where it lives and its statistics.
+
+    ``num_proc``: tokenizing processes (None: every core); the rows do not depend on it.
+    """
     raise_problems("bad data config", settings.problems())
-    key = fingerprint(specs, tokenizer, settings)
+    key = fingerprint(specs, tokenizer, settings, FileDigests(Path(cache_dir) / "file_digests.json"))
     names = [s.name for s in specs]
     for spec in specs:
         if spec.format == "hf" and not spec.hf_revision:
@@ -174,7 +217,7 @@ def prepare(
     workdir = final.parent / f"{key}.tmp-{os.getpid()}"
     shutil.rmtree(workdir, ignore_errors=True)
     try:
-        stats = _build(specs, tokenizer, settings, workdir, key)
+        stats = _build(specs, tokenizer, settings, workdir, key, num_proc)
         if final.exists():
             shutil.rmtree(final)
         os.replace(workdir, final)  # atomic: a reader sees the old folder, no folder, or the complete new one
@@ -231,14 +274,17 @@ def log_to_wandb(prepared: Prepared, logger) -> None:
 
 def run(cfg) -> Prepared:
     """Prepare the data of a composed config (its ``data`` and ``backbone`` groups), as the prepare command does."""
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
+
+    from huatuo.data.tokenizer_cache import prepare_tokenizer
 
     data = OmegaConf.to_container(cfg.data, resolve=True)
     specs = sources_from_config(data["sources"])  # every config problem before the tokenizer loads
     settings = settings_from_config(data)
     raise_problems("bad data config", settings.problems())
-    tokenizer = instantiate(cfg.backbone.tokenizer)
-    prepared = prepare(specs, tokenizer, settings, data["cache_dir"], force=cfg.get("force", False))
+    tokenizer = prepare_tokenizer(OmegaConf.to_container(cfg.backbone.tokenizer, resolve=True), data["cache_dir"])
+    prepared = prepare(
+        specs, tokenizer, settings, data["cache_dir"], force=cfg.get("force", False), num_proc=data.get("num_proc")
+    )
     publish(prepared, cfg.paths.run_dir)
     return prepared

@@ -1,15 +1,25 @@
 """Reading and tokenizing every source into one flat pair of token files (ids, labels) with per-sample offsets.
 
-Memory stays flat at any corpus size: conversations stream from the files in chunks, every chunk is tokenized in
-one Rust call while the next chunk is read, and tokens go straight to disk; only the per-sample lengths stay in
-memory. Rows are later read back with positioned reads (``TokenStore.read``).
+Memory stays flat at any corpus size: conversations stream from the files in chunks of ``ENCODE_CHUNK``, and tokens
+go straight to disk; only the per-sample lengths stay in memory. Rows are later read back with positioned reads
+(``TokenStore.read``).
+
+Tokenizing runs on every core (``num_proc``): this process reads and checks the records while worker processes
+(forked, so the tokenizer is shared, not copied) turn chunks into ids and labels, at most two chunks per worker in
+flight; results are written in reading order, so the files are byte for byte those of one process. The Rust
+tokenizer's own threads cover only the encoding call, not the Python work around it (about half of the time with
+the Baichuan2 vocabulary), which is why processes are used. A source of a single chunk is encoded here, without
+forking.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import sys
+from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,40 +88,127 @@ def _chunks(items: Iterator[tuple[str, list[str]]], size: int) -> Iterator[tuple
         yield locations, conversations
 
 
-def _encoded_chunks(
-    chunks: Iterator[tuple[list[str], list[list[str]]]], encoder: ConversationEncoder
-) -> Iterator[tuple[list[str], EncodedBatch]]:
-    """Encode chunk k in a worker thread while the caller's thread reads and parses chunk k+1.
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
-    The tokenizer releases the GIL, so reading JSON (Python) and tokenizing (Rust, all cores) overlap.
+
+_worker_encoder: ConversationEncoder | None = None  # set in the parent just before the workers fork
+
+
+def _encode_in_worker(conversations: list[list[str]]) -> EncodedBatch:
+    return _worker_encoder.encode_flat(conversations)
+
+
+class ChunkEncoder:
+    """Encodes chunks of conversations in order: in worker processes when ``num_proc > 1``, else in a thread.
+
+    The pool is started at the second chunk, so small inputs (the demo, tests) never fork. With one process the
+    chunk is encoded in a thread while the caller reads the next one (the tokenizer releases the GIL).
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="huatuo-encode") as pool:
-        pending = None
-        for locations, conversations in chunks:
-            future = (locations, pool.submit(encoder.encode_flat, conversations))
-            if pending is not None:
-                yield pending[0], pending[1].result()
-            pending = future
-        if pending is not None:
-            yield pending[0], pending[1].result()
+
+    def __init__(self, encoder: ConversationEncoder, num_proc: int) -> None:
+        self.encoder = encoder
+        self.num_proc = (
+            num_proc if "fork" in multiprocessing.get_all_start_methods() and sys.platform != "darwin" else 1
+        )
+        self._pool: ProcessPoolExecutor | ThreadPoolExecutor | None = None
+
+    def _start(self) -> ProcessPoolExecutor | ThreadPoolExecutor:
+        if self.num_proc <= 1:
+            return ThreadPoolExecutor(max_workers=1, thread_name_prefix="huatuo-encode")
+        global _worker_encoder
+        _worker_encoder = self.encoder
+        # Each worker is one tokenizing core: the Rust thread pool inside a worker would only compete with the
+        # other workers (and, forked after it was used, tokenizers would warn and switch it off anyway).
+        previous = os.environ.get("TOKENIZERS_PARALLELISM")
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        try:
+            pool = ProcessPoolExecutor(self.num_proc, mp_context=multiprocessing.get_context("fork"))
+            pool.submit(int).result()  # with fork, the first task starts every worker: now, with the variable set
+        finally:
+            if previous is None:
+                os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = previous
+        return pool
+
+    def _submit(self, conversations: list[list[str]]) -> Future:
+        if self._pool is None:
+            self._pool = self._start()
+        if isinstance(self._pool, ProcessPoolExecutor):
+            return self._pool.submit(_encode_in_worker, conversations)
+        return self._pool.submit(self.encoder.encode_flat, conversations)
+
+    def map(self, chunks: Iterator[tuple[list[str], list[list[str]]]]) -> Iterator[tuple[list[str], EncodedBatch]]:
+        """``(locations, encoded chunk)`` in the order the chunks come, with a bounded number in flight."""
+        first = next(chunks, None)
+        if first is None:
+            return
+        second = next(chunks, None)
+        if second is None and self._pool is None:  # a single chunk: no pool for it
+            yield first[0], self.encoder.encode_flat(first[1])
+            return
+        window = 2 * max(self.num_proc, 1)
+        pending: deque[tuple[list[str], Future]] = deque()
+        for locations, conversations in _chain(first, second, chunks):
+            pending.append((locations, self._submit(conversations)))
+            if len(pending) > window:
+                locations, future = pending.popleft()
+                yield locations, future.result()
+        while pending:
+            locations, future = pending.popleft()
+            yield locations, future.result()
+
+    def close(self) -> None:
+        """Stop the workers (idempotent)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> ChunkEncoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _chain(first, second, rest):
+    yield first
+    if second is not None:
+        yield second
+        yield from rest
 
 
 def tokenize_sources(
-    specs: Sequence[SourceSpec], encoder: ConversationEncoder, settings: PackingSettings, workdir: Path
-):
+    specs: Sequence[SourceSpec],
+    encoder: ConversationEncoder,
+    settings: PackingSettings,
+    workdir: Path,
+    num_proc: int | None = None,
+) -> TokenStore:
+    """Read, check and tokenize every source into ``workdir`` (``num_proc`` processes; None: every core)."""
     ids_path, labels_path = workdir / "ids.bin", workdir / "labels.bin"
     lengths: list[np.ndarray] = []
     supervised: list[np.ndarray] = []
     source_base = [0]
     reports, truncated, truncated_at = [], [], []
     overlong = f"longer than max_len={settings.max_len}"
-    with ids_path.open("wb") as ids_out, labels_path.open("wb") as labels_out:
+    processes = available_cores() if num_proc is None else max(1, int(num_proc))
+    with (
+        ids_path.open("wb") as ids_out,
+        labels_path.open("wb") as labels_out,
+        ChunkEncoder(encoder, processes) as chunk_encoder,
+    ):
         for spec in specs:
             report = LoadReport()
             cut, kept, examples = 0, 0, []
             progress = tqdm(desc=f"tokenize {spec.name}", unit=" samples", disable=None, mininterval=1.0, leave=False)
             conversations = iter_conversations(spec, settings.on_error, report)
-            for locations, batch in _encoded_chunks(_chunks(conversations, ENCODE_CHUNK), encoder):
+            for locations, batch in chunk_encoder.map(_chunks(conversations, ENCODE_CHUNK)):
                 ids, labels, sample_lengths, sample_supervised = (
                     batch.input_ids,
                     batch.labels,

@@ -29,8 +29,10 @@ from huatuo.training.validation import check_train_config, derived_accumulation
 log = get_logger(__name__)
 
 
-def _prepare_and_publish(specs, tokenizer, settings: PackingSettings, cache_dir: str, run_dir: Path) -> Prepared:
-    prepared = prepare(specs, tokenizer, settings, cache_dir)
+def _prepare_and_publish(
+    specs, tokenizer, settings: PackingSettings, cache_dir: str, run_dir: Path, num_proc: int | None
+) -> Prepared:
+    prepared = prepare(specs, tokenizer, settings, cache_dir, num_proc=num_proc)
     if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
         publish(prepared, run_dir)
     return prepared
@@ -82,7 +84,9 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dic
     tokenizer = instantiate(cfg.backbone.tokenizer)
     ConversationEncoder(tokenizer, settings.max_len)  # the template fits data.max_len with this tokenizer
     datamodule = PackedDataModule(
-        prepare=partial(_prepare_and_publish, specs, tokenizer, settings, data["cache_dir"], run_dir),
+        prepare=partial(
+            _prepare_and_publish, specs, tokenizer, settings, data["cache_dir"], run_dir, data.get("num_proc")
+        ),
         micro_batch_size=data["micro_batch_size"],
         max_len=settings.max_len,
         pad_id=tokenizer.pad_token_id,
