@@ -10,7 +10,9 @@ import re
 
 import pytest
 
-from tests.helpers import BAICHUAN_TOKENIZER, run_script
+from tests.helpers import BAICHUAN_TOKENIZER, ROOT, SHARED, run_script
+
+DIALOGUES = SHARED / "data" / "medical_dialogue_zh" / "internal_medicine_2000.csv"
 
 pytestmark = pytest.mark.slow
 
@@ -46,3 +48,14 @@ def test_tokenizer_benchmark_finds_no_piece_unlike_sentencepiece():
     result = run_script(["bench/tokenizer.py", "--repeat", "1"], timeout=600)
     assert "identical ids on" in result.stdout and ": True" in result.stdout
     assert "huatuo: 0 of" in result.stdout
+
+
+@pytest.mark.skipif(not DIALOGUES.is_file(), reason="needs ../shared/data/medical_dialogue_zh")
+def test_the_end_to_end_prepare_benchmark_runs_the_command_beside_the_baseline():
+    tokenizer = ROOT / "huatuo" / "assets" / "tiny_tokenizer"
+    args = ["--end-to-end", "--tokenizer", str(tokenizer), "--e2e-samples", "1500", "--compare-max", "1500"]
+    result = run_script(["bench/prepare.py", *args, "--max-len", "512"], timeout=900)
+    for label in ("huatuo, cold", "huatuo, warm tokenizer", "per-sample baseline"):
+        assert "| 1,500 (" in result.stdout and f"| {label} |" in result.stdout, result.stdout[-2000:]
+    found = re.search(r"huatuo \(cold\) is (\d+\.\d+)x faster than the per-sample baseline", result.stdout)
+    assert found and math.isfinite(float(found.group(1)))
