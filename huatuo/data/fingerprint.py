@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from huatuo.core.template import ASSISTANT_PREFIX, IGNORE_INDEX, TURN_SEPARATOR, USER_PREFIX
+from huatuo.data.contamination import NgramIndex
 from huatuo.data.settings import PackingSettings
 from huatuo.data.sources import SourceSpec
 
@@ -42,8 +43,10 @@ def tokenizer_digest(tokenizer) -> str:
     return hashlib.blake2b((payload + extra).encode(), digest_size=16).hexdigest()
 
 
-def fingerprint(specs: Sequence[SourceSpec], tokenizer, settings: PackingSettings) -> str:
-    """Hash of everything that affects the prepared rows."""
+def fingerprint(
+    specs: Sequence[SourceSpec], tokenizer, settings: PackingSettings, exclude: NgramIndex | None = None
+) -> str:
+    """Hash of everything that affects the prepared rows (``exclude``: the exam n-grams whose documents are dropped)."""
     described = []
     for spec in specs:
         entry = asdict(spec)
@@ -56,6 +59,8 @@ def fingerprint(specs: Sequence[SourceSpec], tokenizer, settings: PackingSetting
             "settings": asdict(settings),
             "sources": described,
             "tokenizer": tokenizer_digest(tokenizer),
+            # only with data.decontaminate: every other mixture keeps the cache key it always had
+            **({"decontaminate": exclude.digest()} if exclude is not None else {}),
         },
         sort_keys=True,
         ensure_ascii=False,

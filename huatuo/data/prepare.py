@@ -26,6 +26,7 @@ import numpy as np
 from huatuo.core.errors import ConfigError, raise_problems
 from huatuo.core.logs import get_logger
 from huatuo.data.arrow import save_dataset, write_rows
+from huatuo.data.contamination import NgramIndex
 from huatuo.data.encoder import ConversationEncoder
 from huatuo.data.fingerprint import fingerprint
 from huatuo.data.packing import pack
@@ -53,7 +54,9 @@ class Prepared:
         return self.path / "dataset"
 
 
-def _build(specs, tokenizer, settings: PackingSettings, workdir: Path, key: str) -> dict[str, Any]:
+def _build(
+    specs, tokenizer, settings: PackingSettings, workdir: Path, key: str, exclude: NgramIndex | None = None
+) -> dict[str, Any]:
     started = time.perf_counter()
     log.info(
         "preparing %d source(s) (%s packing, max_len %d) into %s",
@@ -65,7 +68,7 @@ def _build(specs, tokenizer, settings: PackingSettings, workdir: Path, key: str)
     encoder = ConversationEncoder(tokenizer, settings.max_len)  # ConfigError: max_len below the template's minimum
     tmp = workdir / "tokens"
     tmp.mkdir(parents=True)
-    tokens = tokenize_sources(specs, encoder, settings, tmp)
+    tokens = tokenize_sources(specs, encoder, settings, tmp, exclude)
     phases = {"read_and_tokenize": time.perf_counter() - started}
     mark = time.perf_counter()
     sizes = np.diff(tokens.source_base).tolist()
@@ -135,6 +138,8 @@ def _build(specs, tokenizer, settings: PackingSettings, workdir: Path, key: str)
         "seconds": round(time.perf_counter() - started, 2),
         "phase_seconds": {k: round(v, 2) for k, v in phases.items()},
     }
+    if exclude is not None:  # per source, the documents dropped are under skipped["decontaminated"]
+        stats["decontamination"] = {**exclude.meta, "digest": exclude.digest()}
     (workdir / "stats.json").write_text(json.dumps(stats, indent=1, ensure_ascii=False))
     (workdir / "sources.json").write_text(json.dumps(names, ensure_ascii=False))
     for spec, report in zip(specs, tokens.reports, strict=True):
@@ -150,11 +155,19 @@ def _build(specs, tokenizer, settings: PackingSettings, workdir: Path, key: str)
 
 
 def prepare(
-    specs: Sequence[SourceSpec], tokenizer, settings: PackingSettings, cache_dir: str | Path, force: bool = False
+    specs: Sequence[SourceSpec],
+    tokenizer,
+    settings: PackingSettings,
+    cache_dir: str | Path,
+    force: bool = False,
+    exclude: NgramIndex | None = None,
 ) -> Prepared:
-    """Prepare (or reuse) the packed dataset for these sources; returns where it lives and its statistics."""
+    """Prepare (or reuse) the packed dataset for these sources; returns where it lives and its statistics.
+
+    ``exclude``: documents sharing an n-gram with it (``data.decontaminate``: exam questions) are left out.
+    """
     raise_problems("bad data config", settings.problems())
-    key = fingerprint(specs, tokenizer, settings)
+    key = fingerprint(specs, tokenizer, settings, exclude)
     names = [s.name for s in specs]
     for spec in specs:
         if spec.format == "hf" and not spec.hf_revision:
@@ -174,7 +187,7 @@ def prepare(
     workdir = final.parent / f"{key}.tmp-{os.getpid()}"
     shutil.rmtree(workdir, ignore_errors=True)
     try:
-        stats = _build(specs, tokenizer, settings, workdir, key)
+        stats = _build(specs, tokenizer, settings, workdir, key, exclude)
         if final.exists():
             shutil.rmtree(final)
         os.replace(workdir, final)  # atomic: a reader sees the old folder, no folder, or the complete new one
@@ -229,8 +242,11 @@ def log_to_wandb(prepared: Prepared, logger) -> None:
     run.save(str(prepared.path / "stats.json"), base_path=str(prepared.path), policy="now")
 
 
-def run(cfg) -> Prepared:
-    """Prepare the data of a composed config (its ``data`` and ``backbone`` groups), as the prepare command does."""
+def run(cfg, exclude: NgramIndex | None = None) -> Prepared:
+    """Prepare the data of a composed config (its ``data`` and ``backbone`` groups), as the prepare command does.
+
+    ``exclude``: the exam index of ``data.decontaminate``, which the command builds (exams are not this layer's).
+    """
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -239,6 +255,6 @@ def run(cfg) -> Prepared:
     settings = settings_from_config(data)
     raise_problems("bad data config", settings.problems())
     tokenizer = instantiate(cfg.backbone.tokenizer)
-    prepared = prepare(specs, tokenizer, settings, data["cache_dir"], force=cfg.get("force", False))
+    prepared = prepare(specs, tokenizer, settings, data["cache_dir"], force=cfg.get("force", False), exclude=exclude)
     publish(prepared, cfg.paths.run_dir)
     return prepared

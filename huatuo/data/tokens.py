@@ -11,16 +11,19 @@ import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from huatuo.core.errors import DataError
+from huatuo.data.contamination import NgramIndex
 from huatuo.data.encoder import ConversationEncoder, EncodedBatch
 from huatuo.data.settings import PackingSettings
 from huatuo.data.sources import MAX_EXAMPLES, LoadReport, SourceSpec, forget_parsed_json, iter_conversations
 
+DECONTAMINATED = "decontaminated"  # the skip reason of documents that share an n-gram with an exam question
 ENCODE_CHUNK = 1024  # conversations per tokenizer call: enough to keep every core busy, small in memory
 
 
@@ -96,8 +99,16 @@ def _encoded_chunks(
             yield pending[0], pending[1].result()
 
 
+def _drop(report: LoadReport, location: str, _overlaps) -> None:
+    report.skip(DECONTAMINATED, location)
+
+
 def tokenize_sources(
-    specs: Sequence[SourceSpec], encoder: ConversationEncoder, settings: PackingSettings, workdir: Path
+    specs: Sequence[SourceSpec],
+    encoder: ConversationEncoder,
+    settings: PackingSettings,
+    workdir: Path,
+    exclude: NgramIndex | None = None,
 ):
     ids_path, labels_path = workdir / "ids.bin", workdir / "labels.bin"
     lengths: list[np.ndarray] = []
@@ -111,6 +122,8 @@ def tokenize_sources(
             cut, kept, examples = 0, 0, []
             progress = tqdm(desc=f"tokenize {spec.name}", unit=" samples", disable=None, mininterval=1.0, leave=False)
             conversations = iter_conversations(spec, settings.on_error, report)
+            if exclude is not None:  # counted like a skip: stats.json's skipped/skipped_at under "decontaminated"
+                conversations = exclude.drop_overlapping(conversations, partial(_drop, report))
             for locations, batch in _encoded_chunks(_chunks(conversations, ENCODE_CHUNK), encoder):
                 ids, labels, sample_lengths, sample_supervised = (
                     batch.input_ids,
