@@ -30,7 +30,8 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Collect the trials' scores and write the report (nothing without scores)."""
-        command = ["python train.py -m", *config.hydra.overrides.get("task", [])]
+        given = [o for o in config.hydra.overrides.get("hydra", []) if not o.startswith("hydra.mode=")]
+        command = ["python train.py -m", *given, *config.hydra.overrides.get("task", [])]
         path = write_sweep_report(Path(config.hydra.sweep.dir), " ".join(command))
         if path is not None:
             log.info("sweep report: %s", path)
@@ -130,6 +131,7 @@ def plot_sweep(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullLocator
 
     numeric = {k: v for k, v in varying.items() if all(isinstance(x, int | float) for x in v)} or {"trial": None}
     columns = min(3, len(numeric))
@@ -147,8 +149,11 @@ def plot_sweep(
         xs = values if values is not None else list(range(len(trials)))
         ax.errorbar(xs, scores, yerr=errors, fmt="o", color="#4C72B0", ecolor="#999999", capsize=2)
         ax.plot([xs[0]], [scores[0]], marker="*", markersize=14, color="#C44E52", linestyle="none", label="best")
-        if values is not None and min(xs) > 0 and max(xs) / min(xs) >= 8:
-            ax.set_xscale("log")  # priorities act through their ratios
+        if key.endswith("priority") and min(xs) > 0:  # priorities act through their ratios: doublings read evenly
+            ax.set_xscale("log", base=2)
+            ax.set_xlim(min(xs) / 1.5, max(xs) * 1.5)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel(key)
         ax.set_ylabel(f"{objective}{' %' if percent else ''}")
         ax.grid(alpha=0.3)
