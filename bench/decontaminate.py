@@ -146,7 +146,8 @@ def choose_n(low: int, high: int) -> None:
         for make in plants.values():
             texts = [f"病例讨论：{make(q)}。以上内容供复习参考。" for q in questions]
             found.append(len({o.document for o in index.scan(texts) if o.reference == o.document}))
-        print(f"| {n} | {false_mixture} | {false_dialogues} | " + " | ".join(f"{k}/{len(questions)}" for k in found) + " |")
+        cells = [str(n), str(false_mixture), str(false_dialogues), *(f"{k}/{len(questions)}" for k in found)]
+        print("| " + " | ".join(cells) + " |")
 
 
 def main() -> None:

@@ -239,4 +239,3 @@ def test_evaluate_reports_the_clean_subset_beside_the_full_suite(tmp_path):
     assert "**clean subset:" in (tmp_path / "run" / "results.md").read_text()
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["clean"]["accuracy"] == pytest.approx(clean["accuracy"])
-
