@@ -236,16 +236,14 @@ class NgramIndex:
     hashes: np.ndarray  # sorted unique uint64
     owner_offsets: np.ndarray  # int64, hashes + 1: hash h belongs to references owner_ids[offsets[h]:offsets[h+1]]
     owner_ids: np.ndarray  # int64
-    units: list[list[list[str]]]  # per reference, per text: its units (to check hits)
+    units: list[list[str]]  # per reference, per text: its units joined by U+001F, fenced by it (to check hits)
     too_short: list[int]  # references with no text of n units or more: they can never be found
     meta: dict[str, Any] = field(default_factory=dict)  # what the references are (suites, counts), for reports
     _bitmap: np.ndarray = field(init=False, repr=False)
-    _joined: list[list[str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._bitmap = np.zeros(1 << _BITMAP_BITS, dtype=bool)
         self._bitmap[(self.hashes >> _U64(64 - _BITMAP_BITS)).astype(np.int64)] = True
-        self._joined = [["\x1f" + "\x1f".join(u) + "\x1f" for u in texts] for texts in self.units]
 
     @classmethod
     def build(cls, references: Sequence[Sequence[str]], n: int = DEFAULT_N, meta: dict | None = None) -> NgramIndex:
@@ -264,10 +262,13 @@ class NgramIndex:
             keys, starts = np.unique(pairs[:, 0], return_index=True)
             owner_ids = pairs[:, 1].astype(np.int64)
             offsets = np.r_[starts, len(pairs)].astype(np.int64)
-        per_reference: list[list[list[str]]] = [[] for _ in references]
+        per_reference: list[list[str]] = [[] for _ in references]  # one string a text: a few bytes per character
         for t in range(len(flat)):
-            per_reference[int(owner_of_text[t])].append(units.strings(units.offsets[t], units.offsets[t + 1]))
-        short = [r for r, texts in enumerate(per_reference) if all(len(u) < n for u in texts)]
+            per_reference[int(owner_of_text[t])].append(_fenced(units.strings(units.offsets[t], units.offsets[t + 1])))
+        lengths = np.diff(units.offsets)
+        longest = np.zeros(len(references), dtype=np.int64)
+        np.maximum.at(longest, owner_of_text, lengths)  # a reference is found if any of its texts has n units
+        short = [int(r) for r in np.flatnonzero(longest < n)]
         return cls(n, keys, offsets, owner_ids, per_reference, short, dict(meta or {}))
 
     def __len__(self) -> int:
@@ -333,8 +334,8 @@ class NgramIndex:
         return best
 
     def _shared(self, units: Units, span: tuple[int, int], reference: int) -> bool:
-        head = "\x1f" + "\x1f".join(units.strings(span[0], span[0] + self.n)) + "\x1f"
-        return any(head in joined for joined in self._joined[reference])
+        head = _fenced(units.strings(span[0], span[0] + self.n))
+        return any(head in text for text in self.units[reference])
 
     def stream(
         self, items: Iterable[T], text: Callable[[T], str], chunk: int = CHUNK_DOCUMENTS
@@ -382,3 +383,8 @@ class NgramIndex:
                 f"with the exam questions of data.decontaminate ({self.meta.get('label', 'the exam')}), which would "
                 "leave nothing to train on; check the source's files, or remove the suite from data.decontaminate"
             )
+
+
+def _fenced(units: list[str]) -> str:
+    """Units as one string that a run of units matches only at unit boundaries."""
+    return "\x1f" + "\x1f".join(units) + "\x1f"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,8 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Collect the trials' scores and write the report (nothing without scores)."""
         given = [o for o in config.hydra.overrides.get("hydra", []) if not o.startswith("hydra.mode=")]
-        command = ["python train.py -m", *given, *config.hydra.overrides.get("task", [])]
-        path = write_sweep_report(Path(config.hydra.sweep.dir), " ".join(command))
+        arguments = [shlex.quote(str(o)) for o in (*given, *config.hydra.overrides.get("task", []))]
+        path = write_sweep_report(Path(config.hydra.sweep.dir), " ".join(["python train.py -m", *arguments]))
         if path is not None:
             log.info("sweep report: %s", path)
 
