@@ -1,16 +1,17 @@
 """N-gram overlap between a few thousand reference texts (exam questions) and a stream of any number of documents.
 
-Text is matched as *units* after normalization: NFKC (full-width letters, digits and punctuation become their
-ordinary forms), then case folding; every Han or kana character is one unit (Chinese has no spaces, and one
-character carries about a word's worth of meaning); every run of other letters, digits and marks is one unit (an
-English word, ``b6``, ``65``); whitespace, punctuation, symbols and control characters only separate units. So
-``维生素B6。`` and ``维生素 b6`` read the same, and ``n`` counts characters in Chinese and words in English.
+Text is matched as *units* after normalization, code point by code point: compatibility decomposition (NFKD:
+full-width letters, digits and punctuation become their ordinary forms), case folding, accents dropped. Every Han or
+kana character is one unit (Chinese has no spaces, and one character carries about a word's worth of meaning);
+every run of other letters and digits is one unit (an English word, ``b6``, ``65``); whitespace, punctuation,
+symbols and control characters only separate units. So ``维生素Ｂ６。`` and ``维生素 b6`` read the same, and ``n``
+counts characters in Chinese and words in English.
 
-The reference side is the index: every n-gram of every reference text, hashed to 64 bits and sorted, with a 16 MiB
-bitmap of hash prefixes in front, so memory is set by the references, never by the corpus. Documents stream through
-in chunks: NumPy turns a chunk into code points, units and rolling window hashes in a few dozen array operations;
-the bitmap drops almost every window, a binary search confirms the rest, and each hit is checked unit by unit in
-Python, so a hash collision never becomes a reported overlap.
+The reference side is the index: every n-gram of every reference text, hashed to 64 bits and sorted, behind a
+bitmap of hash prefixes (16-32 bits per n-gram, 2 MiB at least), so memory is set by the references, never by the
+corpus. Documents stream through in chunks: NumPy turns a chunk into code points, units and rolling window hashes
+in a few dozen array operations; the bitmap drops almost every window, a binary search confirms the rest, and each
+hit is checked unit by unit in Python, so a hash collision never becomes a reported overlap.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ CHUNK_CHARACTERS = 4_000_000  # ... or fewer, when documents are long (keeps a p
 
 _SEPARATOR, _CHARACTER, _WORD = 0, 1, 2  # unit classes of a code point
 _TABLE_SIZE = 0x30000  # classes are tabulated up to here; above, planes 3 (CJK extension G+) and the rest are ruled
-_BITMAP_BITS = 24  # top hash bits looked up in the prefilter: 16 MiB, passing ~k/16.7M of the windows
+_BITMAP_SLACK = 5  # prefilter bits per indexed n-gram, as a power of two: ~3% of a document's windows pass it
+_BITMAP_BITS = (24, 31)  # its size: 2 MiB at least, 256 MiB at most (over ~60M n-grams the pass rate rises)
+_BUILD_TEXTS = 4096  # reference texts cut at a time while indexing: bounds the build's temporary arrays
 _U64 = np.uint64
 _BASE = 0x9E3779B97F4A7C15  # odd, so invertible mod 2**64: window hashes come from one prefix sum
 _BASE_INVERSE = pow(_BASE, -1, 1 << 64)
@@ -239,11 +242,20 @@ class NgramIndex:
     units: list[list[str]]  # per reference, per text: its units joined by U+001F, fenced by it (to check hits)
     too_short: list[int]  # references with no text of n units or more: they can never be found
     meta: dict[str, Any] = field(default_factory=dict)  # what the references are (suites, counts), for reports
-    _bitmap: np.ndarray = field(init=False, repr=False)
+    _bitmap: np.ndarray = field(init=False, repr=False)  # a packed bit per hash prefix: is any n-gram there?
+    _shift: np.uint64 = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._bitmap = np.zeros(1 << _BITMAP_BITS, dtype=bool)
-        self._bitmap[(self.hashes >> _U64(64 - _BITMAP_BITS)).astype(np.int64)] = True
+        low, high = _BITMAP_BITS
+        bits = min(high, max(low, int(len(self.hashes)).bit_length() + _BITMAP_SLACK))
+        self._shift = _U64(64 - bits)
+        prefixes = (self.hashes >> self._shift).astype(np.int64)
+        self._bitmap = np.zeros(1 << (bits - 3), dtype=np.uint8)
+        np.bitwise_or.at(self._bitmap, prefixes >> 3, (1 << (prefixes & 7)).astype(np.uint8))
+
+    def _maybe(self, hashes: np.ndarray) -> np.ndarray:
+        prefixes = (hashes >> self._shift).astype(np.int64)
+        return np.flatnonzero((self._bitmap[prefixes >> 3] >> (prefixes & 7).astype(np.uint8)) & 1)
 
     @classmethod
     def build(cls, references: Sequence[Sequence[str]], n: int = DEFAULT_N, meta: dict | None = None) -> NgramIndex:
@@ -252,24 +264,28 @@ class NgramIndex:
             raise ValueError(f"n={n!r} must be a positive integer")
         flat = [t for texts in references for t in texts]
         owner_of_text = np.repeat(np.arange(len(references)), [len(texts) for texts in references])
-        units = cut_units(flat)
-        hashes, first = window_hashes(units, n)
-        owners = owner_of_text[units.owner[first]] if len(first) else np.zeros(0, dtype=np.int64)
-        pairs = np.unique(np.stack([hashes, owners.astype(_U64)], axis=1), axis=0) if len(hashes) else None
-        if pairs is None:
-            keys, owner_ids, offsets = np.zeros(0, _U64), np.zeros(0, np.int64), np.zeros(1, np.int64)
-        else:
-            keys, starts = np.unique(pairs[:, 0], return_index=True)
-            owner_ids = pairs[:, 1].astype(np.int64)
-            offsets = np.r_[starts, len(pairs)].astype(np.int64)
         per_reference: list[list[str]] = [[] for _ in references]  # one string a text: a few bytes per character
-        for t in range(len(flat)):
-            per_reference[int(owner_of_text[t])].append(_fenced(units.strings(units.offsets[t], units.offsets[t + 1])))
-        lengths = np.diff(units.offsets)
-        longest = np.zeros(len(references), dtype=np.int64)
-        np.maximum.at(longest, owner_of_text, lengths)  # a reference is found if any of its texts has n units
+        longest = np.zeros(len(references), dtype=np.int64)  # a reference is found if any of its texts has n units
+        all_hashes, all_owners = [np.zeros(0, dtype=_U64)], [np.zeros(0, dtype=np.int64)]
+        for at in range(0, len(flat), _BUILD_TEXTS):
+            owners = owner_of_text[at : at + _BUILD_TEXTS]
+            units = cut_units(flat[at : at + _BUILD_TEXTS])
+            hashes, first = window_hashes(units, n)
+            all_hashes.append(hashes)
+            all_owners.append(owners[units.owner[first]])
+            for t, owner in enumerate(owners.tolist()):
+                per_reference[owner].append(_fenced(units.strings(units.offsets[t], units.offsets[t + 1])))
+            np.maximum.at(longest, owners, np.diff(units.offsets))
+        hashes, owners = np.concatenate(all_hashes), np.concatenate(all_owners)
+        order = np.lexsort((owners, hashes))  # by hash, then owner: each (hash, owner) pair kept once
+        hashes, owners = hashes[order], owners[order]
+        fresh = np.ones(len(hashes), dtype=bool)
+        fresh[1:] = (hashes[1:] != hashes[:-1]) | (owners[1:] != owners[:-1])
+        hashes, owners = hashes[fresh], owners[fresh]
+        starts = np.flatnonzero(np.r_[True, hashes[1:] != hashes[:-1]]) if len(hashes) else np.zeros(0, np.int64)
+        offsets = np.r_[starts, len(hashes)].astype(np.int64)
         short = [int(r) for r in np.flatnonzero(longest < n)]
-        return cls(n, keys, offsets, owner_ids, per_reference, short, dict(meta or {}))
+        return cls(n, hashes[starts], offsets, owners, per_reference, short, dict(meta or {}))
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -292,7 +308,7 @@ class NgramIndex:
         hashes, first = window_hashes(units, self.n)
         if len(hashes) == 0 or len(self.hashes) == 0:
             return []
-        maybe = np.flatnonzero(self._bitmap[(hashes >> _U64(64 - _BITMAP_BITS)).astype(np.int64)])
+        maybe = self._maybe(hashes)
         if len(maybe) == 0:
             return []
         at = np.searchsorted(self.hashes, hashes[maybe])
