@@ -37,7 +37,7 @@ CHUNK_CHARACTERS = 4_000_000  # ... or fewer, when documents are long (keeps a p
 
 _SEPARATOR, _CHARACTER, _WORD = 0, 1, 2  # unit classes of a code point
 _TABLE_SIZE = 0x30000  # classes are tabulated up to here; above, planes 3 (CJK extension G+) and the rest are ruled
-_BITMAP_SLACK = 5  # prefilter bits per indexed n-gram, as a power of two: ~3% of a document's windows pass it
+_BITMAP_SLACK = 5  # prefilter bits per indexed n-gram, as a power of two: 2-3% of the windows pass it
 _BITMAP_BITS = (24, 31)  # its size: 2 MiB at least, 256 MiB at most (over ~60M n-grams the pass rate rises)
 _BUILD_TEXTS = 4096  # reference texts cut at a time while indexing: bounds the build's temporary arrays
 _U64 = np.uint64
