@@ -164,7 +164,7 @@ class Units:
     cps: np.ndarray  # uint32: the normalized texts joined by NUL (a separator)
     ids: np.ndarray  # uint64 per unit
     owner: np.ndarray  # int64 per unit: index of its text
-    start: np.ndarray  # int64 per unit: code point offset in ``text``
+    start: np.ndarray  # int64 per unit: code point offset in ``cps``
     end: np.ndarray  # int64 per unit: one past its last code point
     offsets: np.ndarray  # int64, texts + 1: text t holds units offsets[t]:offsets[t+1]
     text_starts: np.ndarray  # int64, texts + 1: text t is ``cps[text_starts[t]:text_starts[t+1]-1]``
