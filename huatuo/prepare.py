@@ -3,6 +3,7 @@
     python -m huatuo.prepare                          # the demo mixture with the tiny tokenizer
     python -m huatuo.prepare experiment=huatuogpt2_7b # exactly what that training run will read (same fingerprint)
     python -m huatuo.prepare data.sources.sft.priority=4 force=true
+    python -m huatuo.prepare 'data.decontaminate=[demo]'  # drop training documents that share a span with the exam
 
 Composes ``conf/prepare.yaml`` (the train.py composition), so its cache is the one ``train.py`` looks for. The
 prepared dataset lands in ``<data.cache_dir>/<fingerprint>/``; ``stats.json`` and ``schedule.png`` are copied into
@@ -28,12 +29,14 @@ log = get_logger("huatuo.prepare")
 @reports_errors
 def main(cfg: DictConfig) -> None:
     """Prepare the data of the composed config and say where it is."""
+    from huatuo.evaluation.contamination import data_exclusion, data_exclusion_problems
     from huatuo.training.validation import data_config_problems
 
-    raise_problems("bad data config", data_config_problems(cfg))  # before the tokenizer and pyarrow load
+    problems = data_config_problems(cfg) + data_exclusion_problems(cfg)
+    raise_problems("bad data config", problems)  # before the tokenizer and pyarrow load
     from huatuo.data.prepare import run
 
-    prepared = run(cfg)
+    prepared = run(cfg, exclude=data_exclusion(cfg))  # data.decontaminate: the exams' n-grams, built here
     packing = prepared.stats["packing"]
     run_dir = Path(cfg.paths.run_dir)
     log.info(

@@ -2,30 +2,43 @@
 
 Composes ``conf/train.yaml``. Each run lands in ``outputs/train/<time>/`` (a sweep's jobs in
 ``multirun/train/<time>/<n>/``): ``checkpoints/``, ``metrics.csv``, ``stats.json``, ``schedule.png``,
-``resolved_config.yaml`` and ``export/``, a folder that plain ``transformers`` loads. Returns the final training loss
-to a sweeper.
+``resolved_config.yaml``, ``export/`` (a folder that plain ``transformers`` loads) and ``score.json``. Returns the
+final training loss to a sweeper, or with ``evaluate_after=true`` the exam score of the export on ``evaluate_with``
+(its reports in ``<run dir>/eval/``): ``python train.py -m hydra/sweeper=priorities`` searches the priorities for it.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from huatuo import conf_dir
 from huatuo.core.cli import reports_errors
+from huatuo.core.errors import raise_problems
 
 
 @hydra.main(version_base="1.3", config_path=conf_dir(), config_name="train")
 @reports_errors
 def main(cfg: DictConfig) -> float | None:
-    """Train on the composed config; returns the final ``train/loss``."""
+    """Train on the composed config; returns the final ``train/loss``, or the exam score with ``evaluate_after``."""
     from huatuo.training.validation import check_train_config
 
     check_train_config(cfg)  # every config problem in a second, before Lightning and torch load
+    from huatuo.evaluation.after_training import LOSS, evaluate_after_problems, scorer, write_trial
+    from huatuo.evaluation.contamination import data_exclusion, data_exclusion_problems
+
+    raise_problems("the config cannot run", evaluate_after_problems(cfg) + data_exclusion_problems(cfg))
     from huatuo.training.run import train
 
-    metrics = train(cfg)
-    return metrics.get("train/loss")
+    evaluate_after = cfg.get("evaluate_after") is True
+    metrics = train(cfg, exclude=data_exclusion(cfg), after_export=scorer(cfg) if evaluate_after else None)
+    if evaluate_after:
+        return metrics.get("eval/score")  # scorer wrote score.json with the suite's results beside it
+    loss = metrics.get(LOSS)
+    write_trial(Path(cfg.paths.run_dir), cfg, LOSS, loss, "minimize")
+    return loss
 
 
 if __name__ == "__main__":

@@ -30,6 +30,10 @@ CASES = {
         [r"batched vs unbatched loglik: (\d+\.\d)x", r"identical predictions: (48)/48"],
     ),
     "unify": (["--latency", "0.05", "--passages", "8", "--concurrency", "4"], [r"ideal speedup (4)x"]),
+    "decontaminate": (
+        ["--documents", "3000", "--questions", "50", "--planted", "5"],
+        [r"planted found: (5)/5; other documents flagged: 0", r"n-grams, (\d+\.\d) MiB; peak RSS"],
+    ),
 }
 
 

@@ -13,7 +13,7 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 def test_console_scripts_point_at_the_entry_point_functions():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    expected = {"train", "prepare", "unify", "plan", "evaluate", "chat", "mini"}
+    expected = {"train", "prepare", "unify", "plan", "evaluate", "chat", "mini", "decontaminate"}
     assert {name.removeprefix("huatuo-") for name in scripts} == expected
     for name, target in scripts.items():
         module, function = target.split(":")

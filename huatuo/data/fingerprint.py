@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from huatuo.core.template import ASSISTANT_PREFIX, IGNORE_INDEX, TURN_SEPARATOR, USER_PREFIX
+from huatuo.data.contamination import NgramIndex
 from huatuo.data.settings import PackingSettings
 from huatuo.data.sources import SourceSpec
 
@@ -87,9 +88,16 @@ def tokenizer_digest(tokenizer) -> str:
 
 
 def fingerprint(
-    specs: Sequence[SourceSpec], tokenizer, settings: PackingSettings, digests: FileDigests | None = None
+    specs: Sequence[SourceSpec],
+    tokenizer,
+    settings: PackingSettings,
+    exclude: NgramIndex | None = None,
+    digests: FileDigests | None = None,
 ) -> str:
-    """Hash of everything that affects the prepared rows (``digests`` remembers the data files' digests)."""
+    """Hash of everything that affects the prepared rows.
+
+    ``exclude``: the exam n-grams whose documents are dropped; ``digests`` remembers the data files' digests.
+    """
     digests = digests or FileDigests(None)
     described = []
     for spec in specs:
@@ -104,6 +112,8 @@ def fingerprint(
             "settings": asdict(settings),
             "sources": described,
             "tokenizer": tokenizer_digest(tokenizer),
+            # only with data.decontaminate: every other mixture keeps the cache key it always had
+            **({"decontaminate": exclude.digest()} if exclude is not None else {}),
         },
         sort_keys=True,
         ensure_ascii=False,

@@ -27,6 +27,7 @@ import numpy as np
 from huatuo.core.errors import ConfigError, raise_problems
 from huatuo.core.logs import get_logger
 from huatuo.data.arrow import save_dataset, write_rows
+from huatuo.data.contamination import NgramIndex
 from huatuo.data.encoder import ConversationEncoder
 from huatuo.data.fingerprint import FileDigests, fingerprint
 from huatuo.data.packing import pack
@@ -86,7 +87,13 @@ def seconds_since_process_start() -> float | None:
 
 
 def _build(
-    specs, tokenizer, settings: PackingSettings, workdir: Path, key: str, num_proc: int | None = None
+    specs,
+    tokenizer,
+    settings: PackingSettings,
+    workdir: Path,
+    key: str,
+    num_proc: int | None = None,
+    exclude: NgramIndex | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     start_up = seconds_since_process_start()
@@ -101,7 +108,7 @@ def _build(
     encoder = ConversationEncoder(tokenizer, settings.max_len)  # ConfigError: max_len below the template's minimum
     tmp = workdir / "tokens"
     tmp.mkdir(parents=True)
-    tokens = tokenize_sources(specs, encoder, settings, tmp, num_proc=num_proc)
+    tokens = tokenize_sources(specs, encoder, settings, tmp, num_proc=num_proc, exclude=exclude)
     phases.end("read_and_tokenize")
     sizes = np.diff(tokens.source_base).tolist()
     sampler = PrioritySampler(sizes, [s.priority for s in specs], [s.epochs for s in specs], settings.seed)
@@ -170,6 +177,8 @@ def _build(
         "phase_cores_busy": {k: round(phases.cpu[k] / v, 2) if v > 0 else None for k, v in phases.wall.items()},
         "start_up_seconds": None if start_up is None else round(start_up, 2),  # process start to the first record
     }
+    if exclude is not None:  # per source, the documents dropped are under skipped["decontaminated"]
+        stats["decontamination"] = {**exclude.meta, "digest": exclude.digest()}
     (workdir / "stats.json").write_text(json.dumps(stats, indent=1, ensure_ascii=False))
     (workdir / "sources.json").write_text(json.dumps(names, ensure_ascii=False))
     for spec, report in zip(specs, tokens.reports, strict=True):
@@ -191,13 +200,15 @@ def prepare(
     cache_dir: str | Path,
     force: bool = False,
     num_proc: int | None = None,
+    exclude: NgramIndex | None = None,
 ) -> Prepared:
     """Prepare (or reuse) the packed dataset for these sources; returns where it lives and its statistics.
 
-    ``num_proc``: tokenizing processes (None: every core); the rows do not depend on it.
+    ``num_proc``: tokenizing processes (None: every core); the rows do not depend on it. ``exclude``: documents
+    sharing an n-gram with it (``data.decontaminate``: exam questions) are left out.
     """
     raise_problems("bad data config", settings.problems())
-    key = fingerprint(specs, tokenizer, settings, FileDigests(Path(cache_dir) / "file_digests.json"))
+    key = fingerprint(specs, tokenizer, settings, exclude, FileDigests(Path(cache_dir) / "file_digests.json"))
     names = [s.name for s in specs]
     for spec in specs:
         if spec.format == "hf" and not spec.hf_revision:
@@ -217,7 +228,7 @@ def prepare(
     workdir = final.parent / f"{key}.tmp-{os.getpid()}"
     shutil.rmtree(workdir, ignore_errors=True)
     try:
-        stats = _build(specs, tokenizer, settings, workdir, key, num_proc)
+        stats = _build(specs, tokenizer, settings, workdir, key, num_proc, exclude)
         if final.exists():
             shutil.rmtree(final)
         os.replace(workdir, final)  # atomic: a reader sees the old folder, no folder, or the complete new one
@@ -272,8 +283,11 @@ def log_to_wandb(prepared: Prepared, logger) -> None:
     run.save(str(prepared.path / "stats.json"), base_path=str(prepared.path), policy="now")
 
 
-def run(cfg) -> Prepared:
-    """Prepare the data of a composed config (its ``data`` and ``backbone`` groups), as the prepare command does."""
+def run(cfg, exclude: NgramIndex | None = None) -> Prepared:
+    """Prepare the data of a composed config (its ``data`` and ``backbone`` groups), as the prepare command does.
+
+    ``exclude``: the exam index of ``data.decontaminate``, which the command builds (exams are not this layer's).
+    """
     from omegaconf import OmegaConf
 
     from huatuo.data.tokenizer_cache import prepare_tokenizer
@@ -283,8 +297,9 @@ def run(cfg) -> Prepared:
     settings = settings_from_config(data)
     raise_problems("bad data config", settings.problems())
     tokenizer = prepare_tokenizer(OmegaConf.to_container(cfg.backbone.tokenizer, resolve=True), data["cache_dir"])
+    force = cfg.get("force", False)
     prepared = prepare(
-        specs, tokenizer, settings, data["cache_dir"], force=cfg.get("force", False), num_proc=data.get("num_proc")
+        specs, tokenizer, settings, data["cache_dir"], force=force, num_proc=data.get("num_proc"), exclude=exclude
     )
     publish(prepared, cfg.paths.run_dir)
     return prepared

@@ -21,16 +21,19 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from huatuo.core.errors import DataError
+from huatuo.data.contamination import NgramIndex
 from huatuo.data.encoder import ConversationEncoder, EncodedBatch
 from huatuo.data.settings import PackingSettings
 from huatuo.data.sources import MAX_EXAMPLES, LoadReport, SourceSpec, forget_parsed_json, iter_conversations
 
+DECONTAMINATED = "decontaminated"  # the skip reason of documents that share an n-gram with an exam question
 ENCODE_CHUNK = 1024  # conversations per tokenizer call: enough to keep every core busy, small in memory
 
 
@@ -183,14 +186,22 @@ def _chain(first, second, rest):
         yield from rest
 
 
+def _drop(report: LoadReport, location: str, _overlaps) -> None:
+    report.skip(DECONTAMINATED, location)
+
+
 def tokenize_sources(
     specs: Sequence[SourceSpec],
     encoder: ConversationEncoder,
     settings: PackingSettings,
     workdir: Path,
     num_proc: int | None = None,
+    exclude: NgramIndex | None = None,
 ) -> TokenStore:
-    """Read, check and tokenize every source into ``workdir`` (``num_proc`` processes; None: every core)."""
+    """Read, check and tokenize every source into ``workdir`` (``num_proc`` processes; None: every core).
+
+    ``exclude``: conversations that overlap these exam n-grams are dropped and counted (data.decontaminate).
+    """
     ids_path, labels_path = workdir / "ids.bin", workdir / "labels.bin"
     lengths: list[np.ndarray] = []
     supervised: list[np.ndarray] = []
@@ -208,6 +219,8 @@ def tokenize_sources(
             cut, kept, examples = 0, 0, []
             progress = tqdm(desc=f"tokenize {spec.name}", unit=" samples", disable=None, mininterval=1.0, leave=False)
             conversations = iter_conversations(spec, settings.on_error, report)
+            if exclude is not None:  # counted like a skip: stats.json's skipped/skipped_at under "decontaminated"
+                conversations = exclude.drop_overlapping(conversations, partial(_drop, report))
             for locations, batch in chunk_encoder.map(_chunks(conversations, ENCODE_CHUNK)):
                 ids, labels, sample_lengths, sample_supervised = (
                     batch.input_ids,

@@ -65,6 +65,21 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def clean_subset(rows: Sequence[dict[str, Any]], flagged: set[str], report: str) -> dict[str, Any]:
+    """Accuracy on the questions a contamination report does not flag (and on those it does); marks each row."""
+    for row in rows:
+        row["contaminated"] = row["uid"] in flagged
+    clean = tally(r for r in rows if not r["contaminated"])
+    contaminated = tally(r for r in rows if r["contaminated"])
+    return {
+        **clean,
+        "report": report,
+        "flagged": contaminated["n"],
+        "flagged_accuracy": contaminated["accuracy"],
+        "flagged_elsewhere": len(flagged - {r["uid"] for r in rows}),  # flags for questions this run did not score
+    }
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
@@ -101,6 +116,13 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"- miss rate: {_pct(s['miss_rate'])}% ({s['misses']} replies no rule could read; scored wrong, never guessed)",
         "",
     ]
+    if clean := results.get("clean"):
+        low, high = clean["ci95"]
+        lines[-1:-1] = [
+            f"- **clean subset: {_pct(clean['accuracy'])}%** (95% CI {_pct(low)}–{_pct(high)}) over the {clean['n']} "
+            f"questions `{clean['report']}` does not flag; the {clean['flagged']} it flags score "
+            f"{_pct(clean['flagged_accuracy'])}%"
+        ]
     lines += _table("By dataset", s["by_dataset"], "dataset")
     lines += _table("By subject", s["by_subject"], "subject")
     lines += _table("By question type", s["by_question_type"], "question type")

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from huatuo.core.errors import ConfigError
 from huatuo.core.jsonl import write_json, write_jsonl
 from huatuo.core.logs import get_logger
+from huatuo.evaluation.contamination import flagged_questions
 from huatuo.evaluation.exam_files import load_exam, load_hub_exam, read_answer_file
 from huatuo.evaluation.exams import Exam, Question
 from huatuo.evaluation.generation import generate_texts
@@ -18,7 +19,7 @@ from huatuo.evaluation.loading import load_evaluated_model, progress_bar
 from huatuo.evaluation.loglik import LoglikSettings, score_loglik
 from huatuo.evaluation.prompt import mcq_prompt
 from huatuo.evaluation.replies import read_reply
-from huatuo.evaluation.reports import markdown, plot_subjects, summarize
+from huatuo.evaluation.reports import clean_subset, markdown, plot_subjects, summarize
 from huatuo.evaluation.tracking import log_to_loggers
 from huatuo.inference.loading import LoadedModel
 
@@ -122,9 +123,11 @@ def evaluate_exam(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         len(exam.skipped),
         exam.open_items,
     )
+    flagged = flagged_questions(cfg.contamination, ev.name) if cfg.get("contamination") else None  # before the model
     loaded, model_name = load_evaluated_model(cfg)
     rows = run_exam(cfg, loaded, exam)
     summary = summarize(rows)
+    clean = clean_subset(rows, flagged, str(cfg.contamination)) if flagged is not None else None
     files = {
         "predictions": str(write_jsonl(rows, run_dir / "predictions.jsonl")),
         "plot": str(plot_subjects(summary["by_subject"], run_dir / "subject_accuracy.png", f"{ev.name} ({ev.mode})")),
@@ -143,6 +146,8 @@ def evaluate_exam(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "settings": OmegaConf.to_container(ev.loglik if ev.mode == "loglik" else ev.generate, resolve=True),
         "files": files,
     }
+    if clean is not None:  # the questions a contamination report does not flag, scored beside the full suite
+        results["clean"] = clean
     write_json(results, run_dir / "results.json")
     (run_dir / "results.md").write_text(markdown(results), encoding="utf-8")
     log.info("%s: accuracy %.1f%% over %d questions, miss rate %.1f%%", ev.name, 100 * summary["accuracy"],

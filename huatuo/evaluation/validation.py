@@ -31,6 +31,9 @@ def eval_config_problems(cfg: DictConfig) -> list[str]:
     model_path = cfg.get("model_path")
     if model_path is not None and (problem := model_folder_problem(str(model_path), "model_path")):
         problems.append(problem)
+    contamination = cfg.get("contamination")
+    if contamination is not None and not Path(str(contamination)).is_file():
+        problems.append(f"contamination={contamination!r}: no such file; give a contamination.json of decontaminate")
     kind = ev.get("kind")
     if kind == "mcq":
         problems += _mcq_problems(ev)

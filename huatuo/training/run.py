@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from huatuo.core.logs import get_logger
+from huatuo.data.contamination import NgramIndex
 from huatuo.data.datamodule import PackedDataModule
 from huatuo.data.encoder import ConversationEncoder
 from huatuo.data.prepare import PackingSettings, Prepared, prepare, publish, settings_from_config, sources_from_config
@@ -30,9 +32,15 @@ log = get_logger(__name__)
 
 
 def _prepare_and_publish(
-    specs, tokenizer, settings: PackingSettings, cache_dir: str, run_dir: Path, num_proc: int | None
+    specs,
+    tokenizer,
+    settings: PackingSettings,
+    cache_dir: str,
+    run_dir: Path,
+    num_proc: int | None = None,
+    exclude: NgramIndex | None = None,
 ) -> Prepared:
-    prepared = prepare(specs, tokenizer, settings, cache_dir, num_proc=num_proc)
+    prepared = prepare(specs, tokenizer, settings, cache_dir, num_proc=num_proc, exclude=exclude)
     if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
         publish(prepared, run_dir)
     return prepared
@@ -67,10 +75,18 @@ def build_loggers(cfg: DictConfig) -> list:
     return [instantiate(spec) for spec in (cfg.get("logger") or {}).values() if spec is not None]
 
 
-def train(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dict[str, Any]:
+def train(
+    cfg: DictConfig,
+    extra_callbacks: list[Callback] | None = None,
+    exclude: NgramIndex | None = None,
+    after_export: Callable[[Path], Mapping[str, float]] | None = None,
+) -> dict[str, Any]:
     """Train the backbone on the prepared mixture and export it; returns the final metrics.
 
     ``extra_callbacks`` join the run's own (checkpointing, reports), e.g. to inspect gradients in tests.
+    ``exclude``: training documents sharing an n-gram with it are dropped (``data.decontaminate``; the command
+    builds it from the exams). ``after_export(export_dir)`` runs on rank zero once the export is written (the exam
+    score of ``evaluate_after``); its metrics go to every logger of the run and into the returned metrics.
     """
     check_train_config(cfg)  # before anything heavy: every problem of the config (and its data files) at once
     quiet_lightning()
@@ -85,7 +101,7 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dic
     ConversationEncoder(tokenizer, settings.max_len)  # the template fits data.max_len with this tokenizer
     datamodule = PackedDataModule(
         prepare=partial(
-            _prepare_and_publish, specs, tokenizer, settings, data["cache_dir"], run_dir, data.get("num_proc")
+            _prepare_and_publish, specs, tokenizer, settings, data["cache_dir"], run_dir, data.get("num_proc"), exclude
         ),
         micro_batch_size=data["micro_batch_size"],
         max_len=settings.max_len,
@@ -160,6 +176,14 @@ def train(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> dic
             )
         trainer.strategy.barrier("export")
     metrics["global_step"] = trainer.global_step
+    if after_export is not None and cfg.export.enabled and trainer.is_global_zero:
+        scores = {k: float(v) for k, v in after_export(run_dir / "export").items()}
+        for logger in loggers:  # beside the training curves: W&B's summary and metrics.csv get the score
+            logger.log_metrics(scores, step=trainer.global_step)
+            if isinstance(logger, WandbLogger):
+                logger.experiment.summary.update(scores)
+            logger.save()
+        metrics.update(scores)
     for logger in loggers:
         if isinstance(logger, WandbLogger) and trainer.is_global_zero:
             logger.experiment.finish()  # the next job of a multirun must open its own W&B run
