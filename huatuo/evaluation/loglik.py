@@ -18,7 +18,10 @@ answer, ``答案是`` (the phrase the paper's first read-back rule looks for):
 
 Both paths are deterministic and batched: rows are right-padded (a causal model never looks right, so padding
 changes nothing), grouped by length, and scored in batches of ``batch_size`` questions (``candidate_batch``
-candidate continuations at a time). Batch size changes only float rounding, not predictions (``bench/eval.py``).
+candidate continuations at a time). A candidate follows its prompt's padding in the cache, so the continuation pass
+gives the model explicit positions and a mask: RoPE models read the positions, and the ALiBi bias (Baichuan2-13B)
+measures distance between positions taken from the mask, so the padding gap counts for nothing in either. Batch size
+and the other questions of a batch change only float rounding, not predictions (``tests/test_loglik_batches.py``).
 """
 
 from __future__ import annotations
