@@ -71,7 +71,8 @@ def questions():
     single = [q for q in exam if not q.multi][:14]
     multi = [q for q in exam if q.multi][:6]
     # A question with a much shorter prompt than the rest: the layout that moved ALiBi scores most.
-    short = replace(exam[0], uid="demo/short", question="选", question_type=None)
+    written = replace(exam[0].written, question="选", question_type=None)
+    short = replace(exam[0], uid="demo/short", question="选", question_type=None, written=written)
     return single + multi + [short]
 
 

@@ -14,9 +14,11 @@ Field spellings accepted per record: options as an ``option``/``options``/``Opti
 ``{key, value}`` (MedQA as converted by BigBio), a list of strings, an ``"A xxx\\nB yyy"`` string or a JSON string
 of a dict; or one column per letter (``A``..``G``) or ``opa``..``ope`` (MedMCQA). The answer as letters
 (``"ACD"``, ``"A、C"``, ``["A","C"]``), ``answer_idx`` (MedQA, preferred over its answer text), ``cop``
-(MedMCQA, 0- or 1-based), or the exact text of one option. All text is NFKC-normalised (full-width letters and
-punctuation become ASCII); empty options are dropped. A record that cannot be read raises one ``DataError``
-naming ``file:index`` and the reason, or with ``on_error=skip`` is skipped and counted in the report.
+(MedMCQA, 0- or 1-based), or the exact text of one option. Answers, letters and option texts are read from
+NFKC-normalised text (full-width letters and punctuation become ASCII); empty options are dropped. The prompt is
+built from the record's text as written (``exams.Written``) unless ``eval.normalize_text`` asks otherwise. A record
+that cannot be read raises one ``DataError`` naming ``file:index`` and the reason, or with ``on_error=skip`` is
+skipped and counted in the report.
 """
 
 from __future__ import annotations

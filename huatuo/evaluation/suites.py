@@ -69,7 +69,8 @@ def run_exam(cfg: DictConfig, loaded: LoadedModel, exam: Exam) -> list[dict[str,
     """Answer every question in the configured mode; one row per question for the reports."""
     ev = cfg.eval
     questions = exam.questions
-    prompts = [loaded.render([{"role": "user", "content": mcq_prompt(q)}]) for q in questions]
+    normalize = bool(ev.get("normalize_text", False))
+    prompts = [loaded.render([{"role": "user", "content": mcq_prompt(q, normalize)}]) for q in questions]
     rows = []
     with progress_bar(cfg, len(questions), f"{ev.name} ({ev.mode})") as bar:
         if ev.mode == "loglik":

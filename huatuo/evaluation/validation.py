@@ -54,6 +54,8 @@ def _mcq_problems(ev: DictConfig) -> list[str]:
         problems.append(f"eval.on_error={ev.get('on_error')!r}: use raise or skip")
     if ev.get("answers") and not Path(str(ev.answers)).is_file():
         problems.append(f"eval.answers={ev.answers!r}: no such file (a JSON/JSONL list of {{id, answer}})")
+    if not isinstance(ev.get("normalize_text", False), bool):
+        problems.append(f"eval.normalize_text={ev.get('normalize_text')!r}: use false (the record's text) or true")
     if ev.get("cop_base") not in (None, 0, 1):
         problems.append(f"eval.cop_base={ev.get('cop_base')!r}: use 0, 1 or null (detect per file)")
     loglik = ev.get("loglik") or {}
