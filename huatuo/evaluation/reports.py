@@ -62,6 +62,11 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     for row in rows:
         rules[str(row.get("rule"))] += 1
     summary["read_back_rules"] = dict(sorted(rules.items()))
+    reasons: dict[str, int] = defaultdict(int)
+    for row in rows:
+        if row.get("miss"):
+            reasons[str(row.get("miss_reason") or "unread")] += 1
+    summary["miss_reasons"] = dict(sorted(reasons.items()))  # why the misses are misses: hedge, ambiguous...
     return summary
 
 
@@ -106,7 +111,8 @@ def markdown(results: Mapping[str, Any]) -> str:
     lines += _table("By question type", s["by_question_type"], "question type")
     lines += _table("By number of right letters", s["by_answer_count"], "letters")
     lines += ["## Read-back rules", "", "| rule | questions |", "| --- | ---: |"]
-    lines += [f"| {rule} | {count} |" for rule, count in s["read_back_rules"].items()]
+    lines += [f"| {'miss' if rule == 'None' else rule} | {count} |" for rule, count in s["read_back_rules"].items()]
+    lines += [f"| miss: {reason} | {count} |" for reason, count in s.get("miss_reasons", {}).items()]
     lines += ["", f"Per-question details: `{results['files']['predictions']}`.", ""]
     return "\n".join(lines)
 

@@ -85,12 +85,18 @@ def run_exam(cfg: DictConfig, loaded: LoadedModel, exam: Exam) -> list[dict[str,
             replies = generate_texts(loaded, prompts, cfg.batch_size, generation, seed=cfg.seed, progress=bar.update)
             for q, prompt, reply in zip(questions, prompts, replies, strict=True):
                 readback = read_reply(reply, q.options, q.multi)
-                rows.append(_row(q, prompt, reply, readback.letters, readback.rule, None))
+                rows.append(_row(q, prompt, reply, readback.letters, readback.rule, None, readback.reason))
     return rows
 
 
 def _row(
-    question: Question, prompt: str, reply: str | None, letters: str, rule: str | None, scores: dict | None
+    question: Question,
+    prompt: str,
+    reply: str | None,
+    letters: str,
+    rule: str | None,
+    scores: dict | None,
+    miss_reason: str | None = None,
 ) -> dict[str, Any]:
     return {
         "uid": question.uid,
@@ -108,6 +114,7 @@ def _row(
         "gold": question.answer,
         "correct": bool(letters) and letters == question.answer,
         "miss": rule is None,
+        "miss_reason": miss_reason,  # empty | hedge | ambiguous | no_answer (huatuo.evaluation.replies)
     }
 
 
