@@ -20,7 +20,14 @@ from huatuo.evaluation.answers import (
     read_questions,
     write_answers,
 )
-from huatuo.evaluation.judge import JudgeItem, JudgeSettings, judge_markdown, judge_pairs, summarize_judgments
+from huatuo.evaluation.judge import (
+    JudgeItem,
+    JudgeSettings,
+    Rubric,
+    judge_markdown,
+    judge_pairs,
+    summarize_judgments,
+)
 from huatuo.evaluation.loading import load_evaluated_model, progress_bar, release_memory
 from huatuo.evaluation.tracking import log_to_loggers
 from huatuo.unify.endpoint import ChatClient, EndpointSettings
@@ -83,8 +90,11 @@ def evaluate_judge(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     items, unmatched = build_items(questions, answers_a, answers_b)
     if not items:
         raise ConfigError(f"no question has answers from both models ({len(unmatched)} unmatched); check the files")
-    endpoint = EndpointSettings(**OmegaConf.to_container(ev.judge, resolve=True))
-    settings = JudgeSettings(rule=ev.rule, parse_retries=ev.parse_retries)
+    judge = OmegaConf.to_container(ev.judge, resolve=True)
+    prompt_file = judge.pop("prompt_file", None)
+    endpoint = EndpointSettings(**judge)
+    rubric = Rubric.from_file(prompt_file) if prompt_file else Rubric()
+    settings = JudgeSettings(rule=ev.rule, parse_retries=ev.parse_retries, rubric=rubric)
     judgments_path = Path(ev.judgments) if ev.get("judgments") else run_dir / "judgments.jsonl"
 
     async def run() -> dict:
@@ -104,6 +114,7 @@ def evaluate_judge(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "model_a": ev.model_a.get("name") or answers_a.model,
         "model_b": ev.model_b.get("name") or answers_b.model,
         "judge_model": endpoint.model,
+        "rubric": rubric.source,
         "summary": summary,
         "files": {"judgments": str(judgments_path)},
     }

@@ -93,7 +93,22 @@ def _judge_problems(ev: DictConfig) -> list[str]:
     judge = ev.get("judge") or {}
     if not judge.get("model"):
         problems.append("eval.judge.model is empty; name the judge model the endpoint serves")
+    if judge.get("prompt_file"):
+        problems += _rubric_file_problems(str(judge.prompt_file), single_turn=ev.get("turns") != "multi")
     return problems
+
+
+def _rubric_file_problems(path: str, single_turn: bool) -> list[str]:
+    from huatuo.evaluation.rubric import rubric_problems
+
+    where = f"eval.judge.prompt_file={path!r}"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return [f"{where}: no such file; give a rubric file with {{question}}, {{answer_1}} and {{answer_2}}"]
+    except (OSError, UnicodeDecodeError) as err:
+        return [f"{where}: cannot be read as UTF-8 text ({err})"]
+    return rubric_problems(text, where, single_turn)
 
 
 def check_eval_config(cfg: DictConfig) -> None:
