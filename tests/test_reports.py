@@ -64,7 +64,11 @@ def test_markdown_and_plot(tmp_path):
         "files": {"predictions": "predictions.jsonl"},
     }
     text = markdown(results)
-    assert "**accuracy: 50.0%**" in text and "miss rate: 16.7%" in text and "unreadable records skipped: 2" in text
+    assert (
+        "**accuracy: 50.0%**" in text
+        and "miss rate: 16.7%" in text
+        and "skipped (unreadable or unscorable, listed in results.json): 2" in text
+    )
     assert "| 1 | pharmacy | 4 | 2 | 50.0 |" in text
     path = plot_subjects(summary["by_subject"], tmp_path / "subjects.png", "pharmacist")
     assert path.stat().st_size > 1000

@@ -153,7 +153,7 @@ def load_exam(
                         cop_base=base,
                     )
                 except RecordError as err:
-                    problems.append((source, str(err)))
+                    problems.append((source, name, str(err)))
                     continue
                 if wanted is None or question.subject in wanted:
                     exam.questions.append(question)
@@ -196,22 +196,22 @@ def load_hub_exam(
                 )
             )
         except RecordError as err:
-            problems.append((f"{label}:{index}", str(err)))
+            problems.append((f"{label}:{index}", dataset, str(err)))
     _settle(exam, problems, on_error)
     return exam
 
 
-def _settle(exam: Exam, problems: list[tuple[str, str]], on_error: OnError) -> None:
+def _settle(exam: Exam, problems: list[tuple[str, str, str]], on_error: OnError) -> None:
     if not problems:
         _check_unique(exam)
         return
     if on_error == "skip":
-        exam.skipped += [{"source": source, "reason": reason} for source, reason in problems]
+        exam.skipped += [{"source": s, "dataset": d, "reason": r} for s, d, r in problems]
         _check_unique(exam)
         return
     raise_problems(
         f"{len(problems)} record(s) are not readable multiple-choice questions",
-        [f"{source}: {reason}" for source, reason in problems],
+        [f"{source}: {reason}" for source, _, reason in problems],
         DataError,
         footer="Fix the records, or set eval.on_error=skip to leave them out (they are counted in the report).",
     )

@@ -74,7 +74,7 @@ class Exam:
     """The questions of one suite and what was left out while reading it."""
 
     questions: list[Question] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)  # {source, reason}
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {source, dataset, reason}: not scored, and why
     open_items: int = 0  # records without options in the HuatuoGPT-II layout (open questions, not scored)
     filtered: int = 0  # readable questions left out on purpose (eval.subjects, eval.limit)
 

@@ -67,6 +67,17 @@ def candidate_sets(letters: str, multi: bool, min_letters: int = 2) -> list[str]
     return ["".join(c) for size in sizes for c in combinations(sorted(letters), size)]
 
 
+def unscorable_reason(question: Question, settings: LoglikSettings) -> str | None:
+    """Why this mode cannot score a question (None when it can): too many candidate letter sets."""
+    count = len(candidate_sets("".join(question.options), question.multi, settings.multi_min_letters))
+    if count > settings.max_candidates:
+        return (
+            f"{count} candidate answers exceed eval.loglik.max_candidates={settings.max_candidates}; raise it or "
+            "evaluate this exam with eval.mode=generate"
+        )
+    return None
+
+
 def _encode_all(tokenizer, texts: list[str]) -> list[list[int]]:
     # One call for every text: the Rust tokenizer encodes a list in parallel, hundreds of times faster than a loop.
     return tokenizer(texts, add_special_tokens=False).input_ids if texts else []
@@ -138,12 +149,9 @@ def _plan(loaded: LoadedModel, questions: Sequence[Question], contexts: Sequence
     tokenizer = loaded.tokenizer
     all_candidates = []
     for question in questions:
+        if reason := unscorable_reason(question, settings):  # callers leave such questions out first (suites)
+            raise ConfigError(f"{question.source}: {reason}")
         candidates = candidate_sets("".join(question.options), question.multi, settings.multi_min_letters)
-        if len(candidates) > settings.max_candidates:
-            raise ConfigError(
-                f"{question.source}: {len(candidates)} candidate answers exceed eval.loglik.max_candidates="
-                f"{settings.max_candidates}; raise it or evaluate this exam with eval.mode=generate"
-            )
         suffix = settings.terminator if question.multi else ""
         all_candidates.append([c + suffix for c in candidates])
     context_ids = _encode_all(tokenizer, list(contexts))

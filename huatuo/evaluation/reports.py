@@ -70,22 +70,35 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def add_skipped(summary: dict[str, Any], skipped: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The summary with the questions left out unscored counted beside the accuracy, overall and per dataset."""
+    summary["skipped"] = len(skipped)
+    for record in skipped:
+        name = str(record.get("dataset") or "")
+        group = summary["by_dataset"].setdefault(name, tally([]))  # every record of a dataset may be unscorable
+        group["skipped"] = group.get("skipped", 0) + 1
+    for group in summary["by_dataset"].values():
+        group.setdefault("skipped", 0)
+    return summary
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
 def _table(title: str, groups: Mapping[str, Mapping[str, Any]], label: str) -> list[str]:
+    skipped = any("skipped" in g for g in groups.values())  # the dataset table: questions left out unscored
     lines = [
         f"## {title}",
         "",
-        f"| # | {label} | n | correct | accuracy % | 95% CI | miss % |",
-        "| ---: | --- | ---: | ---: | ---: | --- | ---: |",
+        f"| # | {label} | n | correct | accuracy % | 95% CI | miss % |" + (" skipped |" if skipped else ""),
+        "| ---: | --- | ---: | ---: | ---: | --- | ---: |" + (" ---: |" if skipped else ""),
     ]
     for i, (name, g) in enumerate(groups.items(), start=1):
         low, high = g["ci95"]
         lines.append(
             f"| {i} | {name} | {g['n']} | {g['correct']} | {_pct(g['accuracy'])} | {_pct(low)}–{_pct(high)} | "
-            f"{_pct(g['miss_rate'])} |"
+            f"{_pct(g['miss_rate'])} |" + (f" {g.get('skipped', 0)} |" if skipped else "")
         )
     return lines + [""]
 
@@ -98,7 +111,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"# {results['suite']} ({results['mode']} mode)",
         "",
         f"- model: `{results['model']}`",
-        f"- questions scored: {s['n']}; unreadable records skipped: {results['skipped']}; "
+        f"- questions scored: {s['n']}; skipped (unreadable or unscorable, listed in results.json): "
+        f"{results['skipped']}; "
         f"open items not scored: {results['open_items']}; "
         f"left out by eval.subjects/limit: {results.get('filtered', 0)}",
         f"- **accuracy: {_pct(s['accuracy'])}%** (95% CI {_pct(low)}–{_pct(high)}; "

@@ -13,23 +13,28 @@ from huatuo.core.jsonl import write_json, write_jsonl
 from huatuo.core.logs import get_logger
 from huatuo.evaluation.exam_files import load_exam, load_hub_exam, read_answer_file
 from huatuo.evaluation.exams import Exam, Question
-from huatuo.evaluation.generation import generate_texts
+from huatuo.evaluation.generation import cut_at_next_turn, generate_texts
 from huatuo.evaluation.loading import load_evaluated_model, progress_bar
 from huatuo.evaluation.loglik import LoglikSettings, score_loglik
 from huatuo.evaluation.prompt import mcq_prompt
 from huatuo.evaluation.replies import read_reply
-from huatuo.evaluation.reports import markdown, plot_subjects, summarize
+from huatuo.evaluation.reports import add_skipped, markdown, plot_subjects, summarize
+from huatuo.evaluation.serving import ServedRequest, endpoint_settings, request_params, serve_replies
+from huatuo.evaluation.skips import after_loading, before_loading, settle
 from huatuo.evaluation.tracking import log_to_loggers
 from huatuo.inference.loading import LoadedModel
 
 log = get_logger(__name__)
 
 
-def load_suite(ev: DictConfig) -> Exam:
-    """The suite's questions: ``eval.data`` when set, else each hub split listed under ``eval.hub``."""
+def load_suite(ev: DictConfig, on_error: str | None = None) -> Exam:
+    """The suite's questions: ``eval.data`` when set, else each hub split listed under ``eval.hub``.
+
+    ``on_error`` overrides ``eval.on_error`` (``skip`` collects unreadable records for one error naming them all).
+    """
     answers = read_answer_file(ev.answers) if ev.get("answers") else None
     common = {
-        "on_error": ev.get("on_error", "raise"),
+        "on_error": on_error or ev.get("on_error", "raise"),
         "subject_field": ev.get("subject_field"),
         "cop_base": ev.get("cop_base"),
         "answers": answers,
@@ -60,17 +65,25 @@ def load_suite(ev: DictConfig) -> Exam:
     if ev.get("limit"):
         exam.filtered += max(0, len(exam.questions) - int(ev.limit))
         exam.questions = exam.questions[: int(ev.limit)]
-    if not exam.questions:
+    if not exam.questions and not exam.skipped:  # with skipped records, the caller names them first
         raise ConfigError(f"suite {ev.get('name')!r} has no questions left (check eval.data / eval.subjects)")
     return exam
 
 
-def run_exam(cfg: DictConfig, loaded: LoadedModel, exam: Exam) -> list[dict[str, Any]]:
-    """Answer every question in the configured mode; one row per question for the reports."""
+def run_exam(cfg: DictConfig, loaded: LoadedModel | None, exam: Exam, run_dir: Path) -> list[dict[str, Any]]:
+    """Answer every question in the configured mode; one row per question scored for the reports.
+
+    ``loaded`` is None with ``eval.backend=endpoint``: the server answers. Questions that cannot be scored raise, or
+    with ``eval.on_error=skip`` are added to ``exam.skipped`` with their reason (``huatuo.evaluation.skips``).
+    """
     ev = cfg.eval
-    questions = exam.questions
+    on_error = ev.get("on_error", "raise")
     normalize = bool(ev.get("normalize_text", False))
-    prompts = [loaded.render([{"role": "user", "content": mcq_prompt(q, normalize)}]) for q in questions]
+    messages = [[{"role": "user", "content": mcq_prompt(q, normalize)}] for q in exam.questions]
+    prompts = [loaded.render(m) if loaded is not None else m[-1]["content"] for m in messages]
+    kept = settle(exam, exam.questions, after_loading(ev, loaded, prompts), on_error)
+    questions = [exam.questions[i] for i in kept]
+    messages, prompts = [messages[i] for i in kept], [prompts[i] for i in kept]
     rows = []
     with progress_bar(cfg, len(questions), f"{ev.name} ({ev.mode})") as bar:
         if ev.mode == "loglik":
@@ -82,11 +95,36 @@ def run_exam(cfg: DictConfig, loaded: LoadedModel, exam: Exam) -> list[dict[str,
                 rows.append(_row(q, context, None, result.letters, "loglik", {k: round(v, 4) for k, v in top.items()}))
         else:
             generation = OmegaConf.to_container(ev.generate, resolve=True)
-            replies = generate_texts(loaded, prompts, cfg.batch_size, generation, seed=cfg.seed, progress=bar.update)
+            if loaded is None:
+                replies = _served_replies(cfg, questions, messages, generation, run_dir, bar.update)
+                failed = {i: str(reply) for i, reply in enumerate(replies) if isinstance(reply, Failure)}
+                kept = settle(exam, questions, failed, on_error)
+                questions, prompts, replies = ([x[i] for i in kept] for x in (questions, prompts, replies))
+            else:
+                replies = generate_texts(
+                    loaded, prompts, cfg.batch_size, generation, seed=cfg.seed, progress=bar.update
+                )
             for q, prompt, reply in zip(questions, prompts, replies, strict=True):
                 readback = read_reply(reply, q.options, q.multi)
                 rows.append(_row(q, prompt, reply, readback.letters, readback.rule, None, readback.reason))
     return rows
+
+
+class Failure(str):
+    """A request that failed for good, in place of its reply (the text is the reason)."""
+
+
+def _served_replies(cfg: DictConfig, questions, messages, generation, run_dir: Path, progress) -> list[str]:
+    """The server's reply to every question (or its ``Failure``), resuming from the run folder's replies file."""
+    settings, penalty_field = endpoint_settings(OmegaConf.to_container(cfg.eval.endpoint, resolve=True))
+    params = request_params(generation, penalty_field, cfg.seed)
+    requests = [ServedRequest(q.uid, m) for q, m in zip(questions, messages, strict=True)]
+    path = Path(cfg.eval.get("replies") or run_dir / "replies.jsonl")
+    served = serve_replies(settings, requests, params, path, progress)
+    return [
+        cut_at_next_turn(served.texts[q.uid]) if q.uid in served.texts else Failure(served.errors[q.uid])
+        for q in questions
+    ]
 
 
 def _row(
@@ -121,7 +159,11 @@ def _row(
 def evaluate_exam(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Load the suite and the model, answer, and write the reports."""
     ev = cfg.eval
-    exam = load_suite(ev)
+    exam = load_suite(ev, on_error="skip")  # unreadable records wait in exam.skipped: one error names them all
+    kept = settle(exam, exam.questions, before_loading(ev, exam.questions), ev.get("on_error", "raise"))
+    exam.questions = [exam.questions[i] for i in kept]
+    if not exam.questions:
+        raise ConfigError(f"suite {ev.get('name')!r}: no question can be scored ({len(exam.skipped)} skipped)")
     log.info(
         "suite %s: %d questions (%d multi-answer), %d skipped, %d open items",
         ev.name,
@@ -130,9 +172,12 @@ def evaluate_exam(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         len(exam.skipped),
         exam.open_items,
     )
-    loaded, model_name = load_evaluated_model(cfg)
-    rows = run_exam(cfg, loaded, exam)
-    summary = summarize(rows)
+    if ev.get("backend", "local") == "endpoint":
+        loaded, model_name = None, f"{ev.endpoint.model} (endpoint {ev.endpoint.base_url})"
+    else:
+        loaded, model_name = load_evaluated_model(cfg)
+    rows = run_exam(cfg, loaded, exam, run_dir)
+    summary = add_skipped(summarize(rows), exam.skipped)
     files = {
         "predictions": str(write_jsonl(rows, run_dir / "predictions.jsonl")),
         "plot": str(plot_subjects(summary["by_subject"], run_dir / "subject_accuracy.png", f"{ev.name} ({ev.mode})")),
@@ -144,7 +189,9 @@ def evaluate_exam(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "suite": ev.name,
         "mode": ev.mode,
         "model": model_name,
+        "backend": ev.get("backend", "local"),
         "skipped": len(exam.skipped),
+        "skipped_records": exam.skipped,  # {source, dataset, reason} (and uid when found while scoring)
         "open_items": exam.open_items,
         "filtered": exam.filtered,
         "summary": summary,

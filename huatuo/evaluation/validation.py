@@ -11,6 +11,7 @@ from huatuo.models.loading import model_folder_problem
 
 MODES = ("loglik", "generate")
 RULES = ("sum", "agree")
+BACKENDS = ("local", "endpoint")
 
 
 def _cuda_available() -> bool:
@@ -32,12 +33,35 @@ def eval_config_problems(cfg: DictConfig) -> list[str]:
     if model_path is not None and (problem := model_folder_problem(str(model_path), "model_path")):
         problems.append(problem)
     kind = ev.get("kind")
+    problems += _backend_problems(ev)
     if kind == "mcq":
         problems += _mcq_problems(ev)
     elif kind == "judge":
         problems += _judge_problems(ev)
     else:
         problems.append(f"eval.kind={kind!r}: use mcq or judge (choose a suite with eval=<name>)")
+    return problems
+
+
+def _backend_problems(ev: DictConfig) -> list[str]:
+    backend = ev.get("backend", "local")
+    if backend not in BACKENDS:
+        return [f"eval.backend={backend!r}: use local (generate in this process) or endpoint (a server, eval.endpoint)"]
+    if backend == "local":
+        return []
+    from huatuo.evaluation.serving import endpoint_problems
+
+    spec = ev.get("endpoint")
+    problems = endpoint_problems(OmegaConf.to_container(spec, resolve=True) if spec is not None else None)
+    if ev.get("kind") == "mcq" and ev.get("mode") == "loglik":
+        problems.append(
+            "eval.backend=endpoint answers by generating: set eval.mode=generate (loglik needs the model's "
+            "probabilities, in this process)"
+        )
+    if ev.get("kind") == "judge" and (ev.get("model_a") or {}).get("model_path"):
+        problems.append(
+            "eval.model_a.model_path is set but eval.backend=endpoint generates model A's answers; drop one"
+        )
     return problems
 
 
