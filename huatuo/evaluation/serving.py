@@ -12,7 +12,8 @@ The paper's sampling settings travel as the API's own fields where it has them (
 ``max_tokens``, ``seed``); greedy decoding is ``temperature: 0``. The OpenAI API has no repetition penalty or top-k:
 ``penalty_field`` says how they travel: ``extra_body`` puts ``repetition_penalty``/``top_k`` in the request body
 (vLLM and SGLang read them there), ``generation_config`` sends them as the JSON generation settings that
-``transformers serve`` takes (it refuses unknown body fields), ``none`` leaves them out (hosted APIs).
+``transformers serve`` takes (it refuses unknown body fields; with ``--continuous-batching`` it drops the penalty
+whatever is sent), ``none`` leaves them out (hosted APIs).
 
 Every reply is appended, as it arrives, to a JSONL file keyed by the request's key (question uid, with the turn for
 a conversation) and a fingerprint of the request (model, messages, settings). A rerun after a kill asks only for what
