@@ -196,8 +196,12 @@ def evaluate_exam(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "filtered": exam.filtered,
         "summary": summary,
         "settings": OmegaConf.to_container(ev.loglik if ev.mode == "loglik" else ev.generate, resolve=True),
+        "normalize_text": bool(ev.get("normalize_text", False)),
         "files": files,
     }
+    if results["backend"] == "endpoint":
+        server = OmegaConf.to_container(ev.endpoint, resolve=True)
+        results["endpoint"] = {k: server.get(k) for k in ("base_url", "model", "penalty_field", "max_concurrency")}
     write_json(results, run_dir / "results.json")
     (run_dir / "results.md").write_text(markdown(results), encoding="utf-8")
     log.info("%s: accuracy %.1f%% over %d questions, miss rate %.1f%%", ev.name, 100 * summary["accuracy"],
