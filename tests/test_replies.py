@@ -128,6 +128,7 @@ AS_A_PERSON_MULTI = [
     ("Answer: B, D, E", "BDE", "english_phrase", None),
     ("Options B, D and E are correct.", "BDE", "english_phrase", None),
     ("The answer is B and D.", "BD", "english_phrase", None),
+    ("The options are A, B, C, D and E. Rifampin induces CYP3A4.", "", None, "ambiguous"),  # a list of the choices
     ("答案可能是B和D，也可能是BDE。", "", None, "hedge"),
     ("答案：BD（也可能包括E）", "", None, "hedge"),
     ("答案是B或D", "", None, "hedge"),
@@ -166,6 +167,7 @@ AS_A_PERSON_SINGLE = [
     ("C is correct because protamine neutralizes heparin.", "C", "english_phrase", None),
     ("Both A and C are wrong; the answer is E.", "E", "english_phrase", None),
     ("I would choose C.", "C", "letters", None),
+    ("My answer is C.", "C", "english_phrase", None),
     ("选C。鱼精蛋白。", "C", "option_text", None),
     ("答案是C，也可能是A。", "", None, "hedge"),
     ("答案是C还是A，需要结合临床。", "", None, "hedge"),

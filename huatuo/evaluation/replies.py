@@ -51,9 +51,10 @@ _CHOICE = (
     r"正确(?:的)?(?:选项|选择)(?:应该|应当|应)?(?:是|为|有|包括)[:]?"
     r"|(?:故|所以|因此|因而|本题|此题|(?<!不)应该?)选择?(?!项)"  # 故选C; "故选项A错误" is about option A
 )
+# "the options are A, B, C, D and E" lists the choices; only an answer, or an option called correct, answers.
 _ENGLISH = (
-    r"(?i:\b(?:the\s+)?(?:correct\s+|right\s+|best\s+|final\s+)?(?:answers?|options?|choices?)"
-    r"\s+(?:is|are|would\s+be|should\s+be|will\s+be)\b\s*[:]?|\banswers?\s*[:])"
+    r"(?i:\b(?:(?:the\s+)?(?:correct|right|best|final)\s+(?:answers?|options?|choices?)|(?:the\s+)?answers?"
+    r"|my\s+(?:answer|choice))\s+(?:is|are|would\s+be|should\s+be|will\s+be)\b\s*[:]?|\banswers?\s*[:])"
 )
 _FILLER = r"[\s*`\"'“”‘’「」『』【】\[\]()]*(?:选项|选|(?i:options?|choices?))?[\s*`\"'“”‘’「」『』【】\[\]()]*"
 _JOIN = r"(?:项|选项)?(?:\s*(?:、|/|和|及|与|以及|&)\s*|\s*,?\s*(?i:and)\s+|\s+)"

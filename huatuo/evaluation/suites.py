@@ -19,7 +19,7 @@ from huatuo.evaluation.loglik import LoglikSettings, score_loglik
 from huatuo.evaluation.prompt import mcq_prompt
 from huatuo.evaluation.replies import read_reply
 from huatuo.evaluation.reports import add_skipped, markdown, plot_subjects, summarize
-from huatuo.evaluation.serving import ServedRequest, endpoint_settings, request_params, serve_replies
+from huatuo.evaluation.serving import ServedReplies, ServedRequest, endpoint_settings, request_params, serve_replies
 from huatuo.evaluation.skips import after_loading, before_loading, settle
 from huatuo.evaluation.tracking import log_to_loggers
 from huatuo.inference.loading import LoadedModel
@@ -96,10 +96,11 @@ def run_exam(cfg: DictConfig, loaded: LoadedModel | None, exam: Exam, run_dir: P
         else:
             generation = OmegaConf.to_container(ev.generate, resolve=True)
             if loaded is None:
-                replies = _served_replies(cfg, questions, messages, generation, run_dir, bar.update)
-                failed = {i: str(reply) for i, reply in enumerate(replies) if isinstance(reply, Failure)}
-                kept = settle(exam, questions, failed, on_error)
-                questions, prompts, replies = ([x[i] for i in kept] for x in (questions, prompts, replies))
+                served = _served_replies(cfg, questions, messages, generation, run_dir, bar.update)
+                failed = {i: served.errors[q.uid] for i, q in enumerate(questions) if q.uid not in served.texts}
+                kept = settle(exam, questions, failed, on_error)  # the replies that came back stay for a rerun
+                questions, prompts = [questions[i] for i in kept], [prompts[i] for i in kept]
+                replies = [cut_at_next_turn(served.texts[q.uid]) for q in questions]
             else:
                 replies = generate_texts(
                     loaded, prompts, cfg.batch_size, generation, seed=cfg.seed, progress=bar.update
@@ -110,21 +111,13 @@ def run_exam(cfg: DictConfig, loaded: LoadedModel | None, exam: Exam, run_dir: P
     return rows
 
 
-class Failure(str):
-    """A request that failed for good, in place of its reply (the text is the reason)."""
-
-
-def _served_replies(cfg: DictConfig, questions, messages, generation, run_dir: Path, progress) -> list[str]:
-    """The server's reply to every question (or its ``Failure``), resuming from the run folder's replies file."""
+def _served_replies(cfg: DictConfig, questions, messages, generation, run_dir: Path, progress) -> ServedReplies:
+    """The server's replies by question uid (and the errors of those that failed), resuming from the replies file."""
     settings, penalty_field = endpoint_settings(OmegaConf.to_container(cfg.eval.endpoint, resolve=True))
     params = request_params(generation, penalty_field, cfg.seed)
     requests = [ServedRequest(q.uid, m) for q, m in zip(questions, messages, strict=True)]
     path = Path(cfg.eval.get("replies") or run_dir / "replies.jsonl")
-    served = serve_replies(settings, requests, params, path, progress)
-    return [
-        cut_at_next_turn(served.texts[q.uid]) if q.uid in served.texts else Failure(served.errors[q.uid])
-        for q in questions
-    ]
+    return serve_replies(settings, requests, params, path, progress)
 
 
 def _row(
