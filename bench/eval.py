@@ -1,9 +1,11 @@
-"""Exam throughput: loglik vs generate mode, and batched vs unbatched loglik, on one exam and one tiny model.
+"""Exam throughput: loglik vs generate mode, batched vs unbatched loglik, and generation in process vs on a server.
 
     python bench/eval.py                          # the demo exam, the demo backbone's shape, random init
     python bench/eval.py --hidden 64 --layers 2   # a smaller model: per-call overhead dominates, as on a big GPU
     python bench/eval.py --max-new-tokens 768     # the paper's reply budget
     python bench/eval.py --threads 2              # all cores (erratic when other jobs share them)
+    python bench/eval.py --endpoint               # also: the same model behind `transformers serve`, 16 in flight
+    python bench/eval.py --endpoint --continuous-batching   # the server batching requests as they come
 
 Prints the cost of each mode in CPU seconds and wall seconds (medians of the repeats, after a warm-up; on a machine
 shared with other jobs CPU time is the stable measure), the ratios, and whether batched and unbatched loglik
@@ -11,6 +13,11 @@ predict the same letters. "Unbatched" means one sequence per forward pass: batch
 candidate_batch=1 (every multi-answer candidate scored alone); "batch 1, shared candidates" keeps one question
 per pass but scores its candidates together. A random model never stops early, so generate mode always writes
 --max-new-tokens tokens per reply (real models stop when done; the paper allows 768).
+
+``--endpoint`` exports the same model, serves it with ``transformers serve`` on 127.0.0.1 (one intra-op thread, as
+in process) and answers the exam through ``eval.backend=endpoint``'s client with ``--in-flight`` requests at a time,
+against in-process generation at batch ``--batch-size``; both greedy with the paper's repetition penalty, so the
+replies can be compared one for one. The server is another process: wall time is the measure there.
 """
 
 from __future__ import annotations
@@ -87,6 +94,9 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads; 1 keeps numbers stable on a shared machine"
     )
+    parser.add_argument("--endpoint", action="store_true", help="also time generation on a transformers serve")
+    parser.add_argument("--in-flight", type=int, default=16, help="concurrent requests to the server")
+    parser.add_argument("--continuous-batching", action="store_true", help="start the server with it")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -129,6 +139,49 @@ def main() -> None:
         f"\nbatched vs unbatched loglik: {single[0] / batched[0]:.1f}x (CPU), {single[1] / batched[1]:.1f}x (wall); "
         f"vs batch 1 with shared candidates: {shared[0] / batched[0]:.1f}x (CPU)"
         f"\nidentical predictions: {same}/{n}; largest score difference batched vs unbatched: {worst:.1e}"
+    )
+    if args.endpoint:
+        endpoint(loaded, questions, prompts, args)
+
+
+def endpoint(loaded: LoadedModel, questions, prompts: list[str], args: argparse.Namespace) -> None:
+    """Greedy replies in process (batched) and from a ``transformers serve`` of the same weights (concurrent)."""
+    import tempfile
+
+    from huatuo.evaluation.generation import cut_at_next_turn
+    from huatuo.evaluation.serving import ServedRequest, request_params, serve_replies
+    from huatuo.inference.server import transformers_serve
+    from huatuo.training.export import export_model
+    from huatuo.unify.endpoint import EndpointSettings
+
+    greedy = {"do_sample": False, "repetition_penalty": 1.1, "max_new_tokens": args.max_new_tokens}
+    messages = [[{"role": "user", "content": mcq_prompt(q)}] for q in questions]
+    n = len(questions)
+    _, local_wall, local = timed(
+        lambda: generate_texts(loaded, prompts, args.batch_size, greedy, seed=args.seed), args.generate_repeats
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        export = export_model(loaded.model, loaded.tokenizer, Path(folder) / "export", generation=greedy)
+        extra = ["--continuous-batching"] if args.continuous_batching else []
+        with transformers_serve(export, log_path=Path(folder) / "serve.log", extra_args=extra) as url:
+            settings = EndpointSettings(base_url=url, model=str(export), max_concurrency=args.in_flight, timeout=600)
+            params = request_params(greedy, "generation_config", seed=args.seed)
+            requests = [ServedRequest(q.uid, m) for q, m in zip(questions, messages, strict=True)]
+            runs = iter(range(10**6))
+
+            def ask():  # a fresh replies file each time: nothing is reused
+                return serve_replies(settings, requests, params, Path(folder) / f"replies-{next(runs)}.jsonl")
+
+            _, served_wall, served = timed(ask, args.generate_repeats)  # the warm-up call loads the model
+    same = sum(cut_at_next_turn(served.texts.get(q.uid, "")) == r for q, r in zip(questions, local, strict=True))
+    server = "transformers serve" + (" --continuous-batching" if args.continuous_batching else "")
+    print(
+        f"\n| generation ({args.max_new_tokens} new tokens, greedy) | wall s | questions per second |"
+        "\n| --- | ---: | ---: |"
+        f"\n| in process, batch {args.batch_size} | {local_wall:.2f} | {n / local_wall:.2f} |"
+        f"\n| endpoint ({server}), {args.in_flight} in flight | {served_wall:.2f} | {n / served_wall:.2f} |"
+        f"\n\nendpoint vs in process: {local_wall / served_wall:.2f}x questions per second; "
+        f"failed requests: {len(served.errors)}; identical replies: {same}/{n}"
     )
 
 

@@ -98,6 +98,26 @@ def test_left_padding_with_an_attention_mask_leaves_real_tokens_unchanged(positi
     torch.testing.assert_close(batched[:, 5:], alone, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(("position_embedding", "heads"), [("rope", 4), ("alibi", 5), ("alibi", 8)])
+def test_padding_inside_a_row_adds_no_distance(position_embedding, heads):
+    # Log-likelihood scoring's layout: a right-padded prompt, then a continuation after the padding (from the cache).
+    model = tiny(position_embedding, heads=heads, hidden=8 * heads)
+    prompt, continuation, gap = ids(1, 9, seed=4), ids(1, 4, seed=5), 6
+    padded = torch.cat([prompt, torch.zeros(1, gap, dtype=torch.long)], dim=1)
+    prompt_mask = torch.cat([torch.ones(1, 9, dtype=torch.long), torch.zeros(1, gap, dtype=torch.long)], dim=1)
+    mask = torch.cat([prompt_mask, torch.ones(1, 4, dtype=torch.long)], dim=1)
+    positions = torch.arange(9, 13)[None]
+    with torch.no_grad():
+        alone = model(torch.cat([prompt, continuation], dim=1), use_cache=False).logits[:, 9:]
+        cache = model(padded, use_cache=True).cache
+        cached = model(continuation, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True).logits
+        gapped = torch.cat([padded, continuation], dim=1)
+        full_positions = torch.cat([torch.arange(9), torch.zeros(gap, dtype=torch.long), positions[0]])[None]
+        one_pass = model(gapped, attention_mask=mask, position_ids=full_positions, use_cache=False).logits[:, -4:]
+    torch.testing.assert_close(cached, alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(one_pass, alone, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("position_embedding", ["rope", "alibi"])
 def test_batched_generation_with_left_padding_matches_each_prompt_alone(position_embedding):
     model = tiny(position_embedding)

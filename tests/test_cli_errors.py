@@ -33,7 +33,16 @@ def files(tmp_path_factory) -> dict[str, Path]:
     corpus = folder / "corpus.jsonl"
     corpus.write_text('{"id": 1, "text": "高血压患者应当限制食盐摄入。"}\n{"id": 2, "text": 3}\n', encoding="utf-8")
     (folder / "empty").mkdir()
-    return {"dir": folder, "broken": broken, "exam": exam, "corpus": corpus, "empty": folder / "empty"}
+    rubric = folder / "rubric.txt"
+    rubric.write_text("{question}\n[1]\n{answer_1}\n[2]\n{answer2}\n", encoding="utf-8")
+    return {
+        "dir": folder,
+        "broken": broken,
+        "exam": exam,
+        "corpus": corpus,
+        "empty": folder / "empty",
+        "rubric": rubric,
+    }
 
 
 def run(command: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -109,6 +118,20 @@ CATALOG = [
         lambda f: ["eval=mcq", f"eval.data={f['exam']}", *paths(f, "e1")],
         "{dir}/exam.jsonl:2: not valid JSON",
         "fix or delete the line",
+    ),
+    (
+        "evaluate: a server asked for log-likelihoods, with no model name",
+        script("evaluate.py"),
+        lambda f: ["eval.backend=endpoint", *paths(f, "e2")],
+        "the evaluate config cannot run:",
+        "eval.endpoint.model=None: name the model the endpoint serves",
+    ),
+    (
+        "evaluate: a judge rubric with a misspelt placeholder",
+        script("evaluate.py"),
+        lambda f: ["eval=judge_inst", f"eval.model_b.answers={f['exam']}", f"eval.judge.prompt_file={f['rubric']}"],
+        "the evaluate config cannot run:",
+        "unknown placeholder(s) {answer2}",
     ),
     (
         "evaluate: run= a folder that is not a train run",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from huatuo.core.errors import ConfigError
+from huatuo.core.errors import ConfigError, DataError
 from huatuo.evaluation.run import evaluate
 from huatuo.evaluation.run_folder import RunFolderError, expand_run
 from huatuo.evaluation.validation import check_eval_config
@@ -91,6 +91,37 @@ def test_a_local_folder_suite_with_skipped_records_and_two_datasets(tmp_path, ti
     assert results["skipped"] == 1 and set(results["summary"]["by_dataset"]) == {"pharmacy", "tcm"}
     skipped = read_jsonl(tmp_path / "run" / "skipped.jsonl")
     assert skipped[0]["source"].endswith("pharmacy.jsonl:1")
+
+
+def test_records_that_cannot_be_scored_are_named_at_once_or_listed_beside_the_accuracy(tmp_path, tiny_export):
+    letters = "ABCDEFGH"
+    records = [
+        {"id": "ok", "question": "题干", "option": {"A": "甲", "B": "乙"}, "answer": "A"},
+        {"id": "empty", "question": "选项全空", "option": {"A": "", "B": " ", "C": "　"}, "answer": "A"},
+        {  # 8 options, multi-answer: 247 candidate sets, over the limit set below
+            "id": "wide",
+            "question": "多选",
+            "option": {c: f"项{c}" for c in letters},
+            "answer": "AC",
+            "question_type": "多项选择题",
+        },
+        {"id": "ok2", "question": "题干二", "option": {"A": "甲", "B": "乙"}, "answer": "B"},
+    ]
+    exam = tmp_path / "exam.json"
+    exam.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    overrides = [f"model_path={tiny_export}", "eval=mcq", f"eval.data={exam}", "eval.loglik.max_candidates=100"]
+    with pytest.raises(DataError) as err:  # both problems in one error, before the model loads
+        evaluate(config(tmp_path, *overrides))
+    message = str(err.value)
+    assert "2 record(s) cannot be scored" in message
+    assert f"{exam}:1: only 0 non-empty option(s)" in message
+    assert f"{exam}:2 (exam/wide): 247 candidate answers exceed eval.loglik.max_candidates=100" in message
+    results = evaluate(config(tmp_path, *overrides, "eval.on_error=skip"))
+    assert (results["summary"]["n"], results["skipped"], results["summary"]["skipped"]) == (2, 2, 2)
+    assert [r["reason"].split(" ")[0] for r in results["skipped_records"]] == ["only", "247"]
+    assert results["summary"]["by_dataset"]["exam"]["skipped"] == 2
+    text = (tmp_path / "run" / "results.md").read_text(encoding="utf-8")
+    assert "| miss % | skipped |" in text and "| 1 | exam | 2 |" in text and text.count(" 2 |\n") >= 1
 
 
 def test_random_init_backbone_without_a_model_path(tmp_path):

@@ -62,6 +62,58 @@ def test_the_paper_prompt_byte_for_byte():
     assert mcq_prompt(untyped) == "请回答下面选择题。\nQ?\nA. x\nB. y"
 
 
+def paper_message(record: dict) -> str:
+    """The paper's user message, from the facts of its evaluation script (written out again here, independently)."""
+    option_str = "\n".join(f"{k}. {v}" for k, v in record["option"].items() if len(v) > 0)
+    if "question_type" in record:
+        return f"请回答下面选择题。\n[{record['question_type']}]{record['question']}\n{option_str}"
+    return f"请回答下面选择题。\n{record['question']}\n{option_str}"
+
+
+MESSY_RECORDS = [
+    {  # full-width punctuation and brackets, an ideographic space, trailing spaces, a whitespace-only option
+        "question": "患者，男，45岁。（　）下列哪项正确？  ",
+        "option": {"A": "阿司匹林（小剂量）  ", "B": "　布洛芬", "C": "对乙酰氨基酚，口服", "D": " ", "E": ""},
+        "answer": "A",
+        "question_type": "最佳选择题",
+    },
+    {  # the type field present but empty, keys in the record's own order, full-width keys
+        "question": "下列说法正确的是：",
+        "option": {"Ｂ": "乙．", "Ａ": "甲，", "C": "丙"},
+        "answer": "Ａ",
+        "question_type": "",
+    },
+    {"question": "  前后有空格的题干 ", "option": {"A": "是", "B": "否"}, "answer": "B"},  # no type field
+]
+
+
+def test_the_prompt_is_the_records_text_byte_for_byte(tmp_path):
+    path = write_json(tmp_path / "messy.json", MESSY_RECORDS)
+    questions = load_exam(path).questions
+    for record, question in zip(MESSY_RECORDS, questions, strict=True):
+        assert mcq_prompt(question) == paper_message(record)
+    assert mcq_prompt(questions[0]) == (
+        "请回答下面选择题。\n[最佳选择题]患者，男，45岁。（\u3000）下列哪项正确？  \n"
+        "A. 阿司匹林（小剂量）  \nB. \u3000布洛芬\nC. 对乙酰氨基酚，口服\nD.  "
+    )
+    assert mcq_prompt(questions[1]) == "请回答下面选择题。\n[]下列说法正确的是：\nＢ. 乙．\nＡ. 甲，\nC. 丙"
+    # Reading is unchanged: normalised letters and texts, the whitespace-only option D not among the choices.
+    assert list(questions[0].options) == ["A", "B", "C"] and questions[1].answer == "A"
+    # eval.normalize_text=true: the normalised text, options in letter order, no bracket for an empty type.
+    assert mcq_prompt(questions[0], normalize=True) == (
+        "请回答下面选择题。\n[最佳选择题]患者,男,45岁。( )下列哪项正确?\n"
+        "A. 阿司匹林(小剂量)\nB. 布洛芬\nC. 对乙酰氨基酚,口服"
+    )
+    assert mcq_prompt(questions[1], normalize=True) == "请回答下面选择题。\n下列说法正确的是:\nA. 甲,\nB. 乙.\nC. 丙"
+
+
+def test_a_null_type_is_no_type_field():
+    # Hub datasets fill a field that a record lacks with null; the paper's files simply lacked the key.
+    q = record_to_question({"question": "Q", "option": {"A": "x", "B": "y"}, "answer": "A", "question_type": None},
+                           "f:0", "d", "s")  # fmt: skip
+    assert mcq_prompt(q) == "请回答下面选择题。\nQ\nA. x\nB. y"
+
+
 def test_json_list_with_nfkc_normalisation_and_empty_options_dropped(tmp_path):
     path = write_json(
         tmp_path / "pharm.json",

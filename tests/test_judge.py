@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from huatuo.core.errors import ConfigError
 from huatuo.core.template import build_prompt
 from huatuo.evaluation.answers import OpenQuestion, generate_answers, read_answers, read_questions, write_answers
-from huatuo.evaluation.judge import combine, parse_verdict
+from huatuo.evaluation.judge import JudgeItem, combine, judge_prompt, parse_verdict
+from huatuo.evaluation.rubric import Rubric
 from huatuo.evaluation.run import evaluate
+from huatuo.evaluation.validation import check_eval_config
 from tests.helpers import compose_config
 from tests.servers import make_tiny_checkpoint, transformers_serve
 
@@ -26,20 +29,38 @@ SECRET = "sk-planted-secret-0123456789abcdef"
 # --------------------------------------------------------------------------------------------------------------
 
 VERDICTS = [
+    # our rubric's final line, and the paper's label
     ("Assistant 1 names the red flags.\n\nVERDICT: Assistant 1 is better than Assistant 2", "better"),
     ("Both are fine.\nVERDICT: Assistant 1 is equal to Assistant 2.", "equal"),
-    ("Comparison...\nAssistant 1 is worse than Assistant 2", "worse"),  # the paper's label without a prefix
+    ("Comparison...\nAssistant 1 is worse than Assistant 2", "worse"),
     ("**VERDICT: Assistant 1 is better than Assistant 2**", "better"),
     ("`Assistant 1 is worse than Assistant 2`", "worse"),
-    ("verdict: assistant 1 IS BETTER THAN assistant 2", "better"),
     ("VERDICT：Assistant 1 is equal to Assistant 2", "equal"),  # full-width colon
-    ("Analysis.\nVERDICT: Assistant 2 is better than Assistant 1", "worse"),  # mirrored sentence
+    # the relation may start with a capital and may be wrapped in backticks
+    ("Assistant 1 is Better than Assistant 2", "better"),
+    ("Assistant 1 is `worse than` Assistant 2", "worse"),
+    ("Assistant 1 is `Equal to` Assistant 2", "equal"),
+    ("Assistant 1 is `better than Assistant 2", None),  # one backtick is not a wrapping
+    # anywhere in the reply, not only on the last line
+    ("VERDICT: Assistant 1 is better than Assistant 2\nI hope this helps!", "better"),
+    ("I think Assistant 1 is better than Assistant 2 because it names the red flags.", "better"),
+    ("Assistant 1 is better than Assistant 2 but worse in tone", "better"),
+    # several statements: the last one wins
+    ("At first Assistant 1 is better than Assistant 2; on reflection Assistant 1 is worse than Assistant 2.", "worse"),
+    # the mirrored sentence about Assistant 2, only when no sentence about Assistant 1 is there
+    ("Analysis.\nVERDICT: Assistant 2 is better than Assistant 1", "worse"),
     ("Analysis.\nAssistant 2 is worse than Assistant 1", "better"),
-    ("VERDICT: Assistant 1 is better than Assistant 2\nI hope this helps!", None),  # not the last line
+    ("Assistant 2 is `Equal to` Assistant 1", "equal"),
+    ("Assistant 1 is equal to Assistant 2. Later: Assistant 2 is better than Assistant 1.", "equal"),  # 1 first
+    # "are equal in", only when neither sentence is there
+    ("Both assistants are equal in accuracy and safety.", "equal"),
+    ("The answers are equal in length, but Assistant 2 is better than Assistant 1.", "worse"),
+    # no verdict: retried, then a parse failure, never guessed
+    ("verdict: assistant 1 IS BETTER THAN assistant 2", None),  # "Assistant" and the relation as the paper wrote them
     ("VERDICT: Assistant 1 is much better than Assistant 2", None),
-    ("I think Assistant 1 is better than Assistant 2", None),
     ("VERDICT: Assistant 1 is better than Assistant 1", None),
-    ("Assistant 1 is better than Assistant 2 but worse in tone", None),
+    ("Assistant 1  is better than Assistant 2", None),  # two spaces
+    ("Assistant 1 is better Assistant 2", None),
     ("VERDICT: tie", None),
     ("", None),
     ("fib痢des痤levove 作先", None),
@@ -47,7 +68,7 @@ VERDICTS = [
 
 
 @pytest.mark.parametrize(("reply", "verdict"), VERDICTS)
-def test_verdicts_are_parsed_strictly_from_the_last_line(reply, verdict):
+def test_verdicts_are_read_with_the_papers_forms_and_precedence(reply, verdict):
     assert parse_verdict(reply) == verdict
 
 
@@ -255,7 +276,7 @@ def test_judge_end_to_end_with_injected_verdicts_retries_and_resume(tmp_path, mo
         # a-wins: win; b-wins: loss; even: tie; bias: tie (position preference cancels); flaky: tie after a retry;
         # http500: tie after a transport retry; broken: no verdict after 1 + 2 requests per order -> incomplete.
         assert (s["win"], s["tie"], s["loss"], s["judged"]) == (1, 4, 1, 6)
-        assert s["incomplete"] == ["broken"] and s["failures"] == {"no verdict line": 2}
+        assert s["incomplete"] == ["broken"] and s["failures"] == {"no verdict": 2}
         assert server.seen_markers["broken"] == 6  # 1 + 2 parse retries, in each order
         assert server.seen_markers["flaky"] == 4  # one reply without a verdict line, then a verdict, per order
         assert server.seen_markers["http500"] == 4  # one 500 (retried by the client), then a verdict, per order
@@ -296,6 +317,82 @@ def test_judge_end_to_end_with_injected_verdicts_retries_and_resume(tmp_path, mo
     captured = capsys.readouterr()
     for text in [*outputs, captured.out, captured.err, caplog.text]:
         assert SECRET not in text
+
+
+# A rubric in the layout of the paper's published judge script (worded for this test): the question and both answers
+# in marked blocks, then the instructions; literal braces and a JSON-looking example stay text.
+PAPER_STYLE_RUBRIC = """[Question]
+{question}
+[End of Question]
+
+[Assistant 1]
+{answer_1}
+[End of Assistant 1]
+
+[Assistant 2]
+{answer_2}
+[End of Assistant 2]
+
+[System]
+Judge which answer serves the patient better (format example: {"label": "..."}; {{braces}} are kept).
+Say whether Assistant 1 is `better than`, `worse than`, or `equal to` Assistant 2, on the last line."""
+
+
+def test_a_rubric_file_is_checked_before_anything_runs(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("Compare {answer_1} with {answer_two} for {patient}.", encoding="utf-8")
+    base = ["eval=judge_inst", "eval.model_b.answers=" + str(write_answer_file(tmp_path / "b.jsonl", "b", {"x": "y"}))]
+
+    def config(*overrides):
+        return compose_config("evaluate", [f"paths.run_dir={tmp_path / 'run'}", *base, *overrides])
+
+    with pytest.raises(ConfigError) as err:
+        check_eval_config(config(f"eval.judge.prompt_file={bad}"))
+    message = str(err.value)
+    assert "unknown placeholder(s) {answer_two}, {patient}" in message
+    assert "missing placeholder(s) {question}, {answer_2}" in message
+    # A conversation rubric needs only the two transcripts; a missing file is named.
+    conversations = tmp_path / "conv.txt"
+    conversations.write_text("[Assistant 1]\n{answer_1}\n[Assistant 2]\n{answer_2}\n", encoding="utf-8")
+    check_eval_config(config("eval=judge_conv", f"eval.judge.prompt_file={conversations}"))
+    with pytest.raises(ConfigError, match="no such file"):
+        check_eval_config(config(f"eval.judge.prompt_file={tmp_path / 'missing.txt'}"))
+
+
+def test_a_rubric_fills_only_its_placeholders():
+    item = JudgeItem(id="q", turns=["头痛三天"], replies_a=["{answer_2} 是字面文字"], replies_b=["回答B"])
+    rubric = Rubric(single=PAPER_STYLE_RUBRIC)
+    prompt = judge_prompt(item, "ab", rubric)
+    assert prompt.startswith("[Question]\n头痛三天\n[End of Question]\n\n[Assistant 1]\n{answer_2} 是字面文字\n")
+    assert '{"label": "..."}; {braces} are kept' in prompt and "[Assistant 2]\n回答B\n" in prompt
+    assert judge_prompt(item, "ba", rubric).count("[Assistant 1]\n回答B\n") == 1
+    conversation = JudgeItem(id="c", turns=["问一", "问二"], replies_a=["答一", "答二"], replies_b=["甲", "乙"])
+    both = judge_prompt(conversation, "ab", Rubric(multi="{question}|{answer_1}|{answer_2}"))
+    assert both == "问一\n问二|Patient: 问一\nAssistant: 答一\n\nPatient: 问二\nAssistant: 答二|" + (
+        "Patient: 问一\nAssistant: 甲\n\nPatient: 问二\nAssistant: 乙"
+    )
+
+
+def test_the_papers_rubric_runs_and_a_changed_rubric_is_judged_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("HUATUO_TEST_JUDGE_KEY", SECRET)
+    a = write_answer_file(tmp_path / "a.jsonl", "huatuo", {"a-wins": "a-wins [good]", "even": "even"})
+    b = write_answer_file(tmp_path / "b.jsonl", "ref", {"a-wins": "a-wins", "even": "even"})
+    rubric = tmp_path / "paper_rubric.txt"
+    rubric.write_text(PAPER_STYLE_RUBRIC, encoding="utf-8")
+    with VerdictServer() as server:
+        cfg = judge_config(tmp_path, server.url, a, b, f"eval.judge.prompt_file={rubric}")
+        check_eval_config(cfg)
+        results = evaluate(cfg)
+        assert (results["summary"]["win"], results["summary"]["tie"]) == (1, 1)
+        assert results["rubric"] == str(rubric)
+        lines = [json.loads(x) for x in (tmp_path / "judgments.jsonl").read_text().splitlines()]
+        assert len(lines) == 4
+        asked = sum(server.seen_markers.values())
+        evaluate(cfg)  # same rubric: nothing asked again
+        assert sum(server.seen_markers.values()) == asked
+        rubric.write_text(PAPER_STYLE_RUBRIC.replace("serves the patient better", "is safer"), encoding="utf-8")
+        evaluate(cfg)  # a changed rubric: every (question, order) judged again
+        assert sum(server.seen_markers.values()) == asked + 4
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -340,7 +437,7 @@ def test_judge_against_transformers_serve_reports_parse_failures(tmp_path, monke
     s = results["summary"]
     assert (s["items"], s["judged"], s["win"] + s["tie"] + s["loss"]) == (2, 0, 0)
     assert sorted(s["incomplete"]) == sorted(q.id for q in conversations)
-    assert s["failures"] == {"no verdict line": 4}
+    assert s["failures"] == {"no verdict": 4}
     run = tmp_path / "run"
     lines = [json.loads(x) for x in (run / "judgments.jsonl").read_text().splitlines()]
     assert len(lines) == 4 and all(x["attempts"] == 2 and x["verdict"] is None and x["reply"] for x in lines)

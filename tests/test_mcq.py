@@ -9,7 +9,7 @@ import torch
 
 import huatuo
 from huatuo.evaluation.exam_files import load_exam
-from huatuo.evaluation.generation import _cut_at_next_turn, generate_texts
+from huatuo.evaluation.generation import cut_at_next_turn, generate_texts
 from huatuo.evaluation.loglik import LoglikSettings, _continuations, candidate_sets, score_loglik
 from huatuo.evaluation.prompt import mcq_prompt
 from huatuo.inference.loading import load_for_inference
@@ -97,9 +97,9 @@ def test_generate_is_reproducible_and_greedy_does_not_depend_on_batch_size(tiny,
 
 
 def test_a_reply_stops_where_the_model_starts_the_next_user_turn():
-    assert _cut_at_next_turn("答案是B。\n<问>：下一题") == "答案是B。"
-    assert _cut_at_next_turn("答案是B。<问>：") == "答案是B。"
-    assert _cut_at_next_turn("  答案是B。 ") == "答案是B。"
+    assert cut_at_next_turn("答案是B。\n<问>：下一题") == "答案是B。"
+    assert cut_at_next_turn("答案是B。<问>：") == "答案是B。"
+    assert cut_at_next_turn("  答案是B。 ") == "答案是B。"
 
 
 class CharTokenizer:

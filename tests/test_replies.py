@@ -101,3 +101,106 @@ def test_one_character_options_are_not_matched_as_text():
 def test_an_option_inside_a_longer_option_does_not_count_on_its_own():
     nested = {"A": "高血压", "B": "继发性高血压", "C": "低血压"}
     assert read_reply("考虑继发性高血压", nested, multi=False).letters == "B"
+
+
+# Replies read as a person reads them (written for these tests in the styles exam replies take: terse, explained,
+# step by step, English, hedging, refusing). Each: (reply, letters, rule, miss reason).
+AS_A_PERSON_MULTI = [
+    ("本题正确选项是B、D、E。", "BDE", "choice_phrase", None),
+    ("选项B、D、E正确。", "BDE", "choice_phrase", None),
+    ("B、D、E选项正确。", "BDE", "choice_phrase", None),
+    ("选项A、C不正确，选项B、D、E正确。", "BDE", "choice_phrase", None),  # the negated list marks nothing
+    ("选项B、D正确，选项A、C为肝药酶抑制剂。", "BD", "choice_phrase", None),  # read as stated (wrong)
+    ("正确的选项为：B、D、E", "BDE", "choice_phrase", None),
+    ("利福平（B）、苯巴比妥（D）和卡马西平（E）是肝药酶诱导剂，故选BDE。", "BDE", "choice_phrase", None),
+    ("正确答案是B、D、E，它们都是肝药酶诱导剂。", "BDE", "phrase", None),
+    ("答案：BDE\n解析：利福平、苯巴比妥、卡马西平均为肝药酶诱导剂；西咪替丁和酮康唑是抑制剂。", "BDE", "phrase", None),
+    ("答案为B，D，E。", "BDE", "phrase", None),  # full-width commas
+    ("答案为B，D，E，因为它们都是诱导剂", "BDE", "phrase", None),  # a comma list may end at a comma
+    ("答案是B、D、E，因为这三种药物都能诱导CYP450。", "BDE", "phrase", None),
+    ("答案是B和D，因为利福平和苯巴比妥是诱导剂。", "BD", "phrase", None),
+    ("正确答案为：B D E", "BDE", "phrase", None),
+    ("答案：B、D、E。\n\nA. 西咪替丁：肝药酶抑制剂\nC. 酮康唑：肝药酶抑制剂", "BDE", "phrase", None),
+    ("答案是BDE。A和C是肝药酶抑制剂。", "BDE", "phrase", None),
+    ("答案是BDE。A或C都不对。", "BDE", "phrase", None),  # ruling options out is no hedge
+    ("The answers are B, D and E.", "BDE", "english_phrase", None),
+    ("The correct answers are B, D, and E.", "BDE", "english_phrase", None),
+    ("Answer: B, D, E", "BDE", "english_phrase", None),
+    ("Options B, D and E are correct.", "BDE", "english_phrase", None),
+    ("The answer is B and D.", "BD", "english_phrase", None),
+    ("The options are A, B, C, D and E. Rifampin induces CYP3A4.", "", None, "ambiguous"),  # a list of the choices
+    ("答案可能是B和D，也可能是BDE。", "", None, "hedge"),
+    ("答案：BD（也可能包括E）", "", None, "hedge"),
+    ("答案是B或D", "", None, "hedge"),
+    ("我无法确定正确答案，建议查阅药理学教材。", "", None, "no_answer"),
+    ("以上选项都正确。", "", None, "no_answer"),  # no letters and no option text: not guessed as ABCDE
+    ("B和D和E", "", None, "ambiguous"),  # a bare list without a phrase stays ambiguous, like "A、C、D"
+]
+
+AS_A_PERSON_SINGLE = [
+    ("本题正确选项是C。", "C", "choice_phrase", None),
+    ("选项C正确。", "C", "choice_phrase", None),
+    ("选项C是正确的。", "C", "choice_phrase", None),
+    ("C是正确答案，鱼精蛋白可中和肝素。", "C", "choice_phrase", None),
+    ("肝素过量应首选鱼精蛋白，故选C。", "C", "choice_phrase", None),
+    ("A项维生素K用于华法林过量，B项氨甲环酸是抗纤溶药，所以选C。", "C", "choice_phrase", None),
+    ("根据题意，应选C。", "C", "choice_phrase", None),
+    ("应选C，不应选A。", "C", "choice_phrase", None),  # 不应选A rules A out
+    ("选项A、B、D、E均不正确，选项C正确。", "C", "choice_phrase", None),
+    ("故选项A错误，选项C正确。", "C", "choice_phrase", None),
+    (
+        "答案：C\n解析：鱼精蛋白为强碱性蛋白，能与强酸性的肝素结合形成稳定的复合物，使肝素失去抗凝活性。",
+        "C",
+        "phrase",
+        None,
+    ),
+    ("首先排除A，维生素K是华法林的拮抗剂；B和D是止血药；E用于咯血。因此正确答案是C。", "C", "phrase", None),
+    ("正确答案：C（鱼精蛋白）", "C", "phrase", None),
+    ("答案是C。B超检查也可能有帮助。", "C", "phrase", None),  # 也可能 about an ultrasound, not a letter
+    ("答案应该是C吧，不过我也不太确定。", "C", "phrase", None),  # unsure, but one answer and no alternative
+    ("综合分析，我的答案是C", "C", "phrase", None),
+    ("The answer is C.", "C", "english_phrase", None),
+    ("The correct answer is (C) protamine sulfate.", "C", "english_phrase", None),
+    ("Answer: C. Protamine binds heparin.", "C", "english_phrase", None),
+    ("The best answer is C, protamine.", "C", "english_phrase", None),
+    ("Option C is correct.", "C", "english_phrase", None),
+    ("C is correct because protamine neutralizes heparin.", "C", "english_phrase", None),
+    ("Both A and C are wrong; the answer is E.", "E", "english_phrase", None),
+    ("I would choose C.", "C", "letters", None),
+    ("My answer is C.", "C", "english_phrase", None),
+    ("选C。鱼精蛋白。", "C", "option_text", None),
+    ("答案是C，也可能是A。", "", None, "hedge"),
+    ("答案是C还是A，需要结合临床。", "", None, "hedge"),
+    ("我认为答案可能是C或者A。", "", None, "hedge"),
+    ("答案：A（或C）", "", None, "hedge"),
+    ("答案选C或D都可以", "", None, "hedge"),
+    ("我选C，也可以选A。", "", None, "hedge"),
+    ("The answer is C or possibly A.", "", None, "hedge"),
+    ("Either A or C could be right.", "", None, "hedge"),
+    ("抱歉，作为AI助手，我不能提供医疗建议。", "", None, "no_answer"),
+    ("这道题我不会。", "", None, "no_answer"),
+    ("   ", "", None, "empty"),
+]
+
+
+@pytest.mark.parametrize(("reply", "letters", "rule", "reason"), AS_A_PERSON_MULTI)
+def test_multi_answer_replies_read_as_a_person_reads_them(reply, letters, rule, reason):
+    result = read_reply(reply, MULTI, multi=True)
+    assert (result.letters, result.rule, result.reason) == (letters, rule, reason)
+
+
+@pytest.mark.parametrize(("reply", "letters", "rule", "reason"), AS_A_PERSON_SINGLE)
+def test_single_answer_replies_read_as_a_person_reads_them(reply, letters, rule, reason):
+    result = read_reply(reply, SINGLE, multi=False)
+    assert (result.letters, result.rule, result.reason) == (letters, rule, reason)
+
+
+def test_every_miss_has_a_reason_and_every_reading_a_rule():
+    from huatuo.evaluation.replies import MISS_REASONS, RULES
+
+    for reply, *_ in SINGLE_CASES + [(r, *rest) for r, *rest in AS_A_PERSON_SINGLE]:
+        result = read_reply(reply, SINGLE, multi=False)
+        assert (result.rule in RULES and result.reason is None) or (
+            result.rule is None and result.reason in MISS_REASONS
+        )
+    assert len(AS_A_PERSON_MULTI) + len(AS_A_PERSON_SINGLE) >= 40

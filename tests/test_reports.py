@@ -64,7 +64,27 @@ def test_markdown_and_plot(tmp_path):
         "files": {"predictions": "predictions.jsonl"},
     }
     text = markdown(results)
-    assert "**accuracy: 50.0%**" in text and "miss rate: 16.7%" in text and "unreadable records skipped: 2" in text
+    assert (
+        "**accuracy: 50.0%**" in text
+        and "miss rate: 16.7%" in text
+        and "skipped (unreadable or unscorable, listed in results.json): 2" in text
+    )
     assert "| 1 | pharmacy | 4 | 2 | 50.0 |" in text
     path = plot_subjects(summary["by_subject"], tmp_path / "subjects.png", "pharmacist")
     assert path.stat().st_size > 1000
+
+
+def test_the_report_says_which_rule_read_how_many_replies_and_why_the_misses_are_misses():
+    rows = [
+        {**row("d", "s", None, "B", "B", "phrase"), "miss_reason": None},
+        {**row("d", "s", None, "B", "BD", "choice_phrase"), "miss_reason": None},
+        {**row("d", "s", None, "B", "", None), "miss_reason": "hedge"},
+        {**row("d", "s", None, "B", "", None), "miss_reason": "hedge"},
+        {**row("d", "s", None, "B", "", None), "miss_reason": "no_answer"},
+    ]
+    s = summarize(rows)
+    assert s["read_back_rules"] == {"None": 3, "choice_phrase": 1, "phrase": 1}
+    assert s["miss_reasons"] == {"hedge": 2, "no_answer": 1} and s["misses"] == 3
+    text = markdown({"suite": "x", "mode": "generate", "model": "m", "skipped": 0, "open_items": 0, "summary": s,
+                     "files": {"predictions": "p"}})  # fmt: skip
+    assert "| miss | 3 |" in text and "| miss: hedge | 2 |" in text and "| choice_phrase | 1 |" in text

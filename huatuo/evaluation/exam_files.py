@@ -14,9 +14,11 @@ Field spellings accepted per record: options as an ``option``/``options``/``Opti
 ``{key, value}`` (MedQA as converted by BigBio), a list of strings, an ``"A xxx\\nB yyy"`` string or a JSON string
 of a dict; or one column per letter (``A``..``G``) or ``opa``..``ope`` (MedMCQA). The answer as letters
 (``"ACD"``, ``"A、C"``, ``["A","C"]``), ``answer_idx`` (MedQA, preferred over its answer text), ``cop``
-(MedMCQA, 0- or 1-based), or the exact text of one option. All text is NFKC-normalised (full-width letters and
-punctuation become ASCII); empty options are dropped. A record that cannot be read raises one ``DataError``
-naming ``file:index`` and the reason, or with ``on_error=skip`` is skipped and counted in the report.
+(MedMCQA, 0- or 1-based), or the exact text of one option. Answers, letters and option texts are read from
+NFKC-normalised text (full-width letters and punctuation become ASCII); empty options are dropped. The prompt is
+built from the record's text as written (``exams.Written``) unless ``eval.normalize_text`` asks otherwise. A record
+that cannot be read raises one ``DataError`` naming ``file:index`` and the reason, or with ``on_error=skip`` is
+skipped and counted in the report.
 """
 
 from __future__ import annotations
@@ -151,7 +153,7 @@ def load_exam(
                         cop_base=base,
                     )
                 except RecordError as err:
-                    problems.append((source, str(err)))
+                    problems.append((source, name, str(err)))
                     continue
                 if wanted is None or question.subject in wanted:
                     exam.questions.append(question)
@@ -194,22 +196,22 @@ def load_hub_exam(
                 )
             )
         except RecordError as err:
-            problems.append((f"{label}:{index}", str(err)))
+            problems.append((f"{label}:{index}", dataset, str(err)))
     _settle(exam, problems, on_error)
     return exam
 
 
-def _settle(exam: Exam, problems: list[tuple[str, str]], on_error: OnError) -> None:
+def _settle(exam: Exam, problems: list[tuple[str, str, str]], on_error: OnError) -> None:
     if not problems:
         _check_unique(exam)
         return
     if on_error == "skip":
-        exam.skipped += [{"source": source, "reason": reason} for source, reason in problems]
+        exam.skipped += [{"source": s, "dataset": d, "reason": r} for s, d, r in problems]
         _check_unique(exam)
         return
     raise_problems(
         f"{len(problems)} record(s) are not readable multiple-choice questions",
-        [f"{source}: {reason}" for source, reason in problems],
+        [f"{source}: {reason}" for source, _, reason in problems],
         DataError,
         footer="Fix the records, or set eval.on_error=skip to leave them out (they are counted in the report).",
     )

@@ -6,6 +6,9 @@ of a dict; or one column per letter (``A``..``G``) or ``opa``..``ope`` (MedMCQA)
 (``"ACD"``, ``"A、C"``, ``["A","C"]``), ``answer_idx`` (MedQA, preferred over its answer text), ``cop``
 (MedMCQA, 0- or 1-based), or the exact text of one option. Empty options are dropped. Files and hub splits are
 ``huatuo.evaluation.exam_files``; the prompt is ``huatuo.evaluation.prompt``.
+
+Two views of a record's text: the normalised one (NFKC, stripped) that everything reads answers and letters from,
+and ``Written``, the text exactly as the record has it, which the paper's prompt is built from.
 """
 
 from __future__ import annotations
@@ -37,6 +40,15 @@ class RecordError(DataError):
 
 
 @dataclass(frozen=True)
+class Written:
+    """A record's own text, byte for byte (nothing stripped or normalised): what the paper's prompt is made of."""
+
+    question: str
+    question_type: str | None  # None: the record has no type field (or it is null); "": it has one, empty
+    options: tuple[tuple[str, str], ...]  # (key, text) in the record's own order; only empty texts are left out
+
+
+@dataclass(frozen=True)
 class Question:
     """One multiple-choice question, normalised: option letters in order, answer letters sorted."""
 
@@ -49,6 +61,7 @@ class Question:
     answer: str  # sorted letters, e.g. "B" or "ACD"
     multi: bool  # several letters may be right (多项选择题), scored by exact set match
     source: str  # file:index (or hub name:index), for error messages and the per-question report
+    written: Written  # the record's text as written, for the paper-exact prompt
 
     @property
     def answer_count(self) -> int:
@@ -61,7 +74,7 @@ class Exam:
     """The questions of one suite and what was left out while reading it."""
 
     questions: list[Question] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)  # {source, reason}
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {source, dataset, reason}: not scored, and why
     open_items: int = 0  # records without options in the HuatuoGPT-II layout (open questions, not scored)
     filtered: int = 0  # readable questions left out on purpose (eval.subjects, eval.limit)
 
@@ -87,22 +100,23 @@ def first_field(record: Mapping, keys: Iterable[str]) -> tuple[str | None, Any]:
     return None, None
 
 
-def _options_from_value(value: Any) -> dict[str, str]:
+def _options_from_value(value: Any, normalize: bool = True) -> dict[str, Any]:
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("{"):
             try:
-                return _options_from_value(json.loads(text))
+                return _options_from_value(json.loads(text), normalize)
             except json.JSONDecodeError:
                 pass
         options = {}
-        for line in normalize_text(text).splitlines():
+        for line in (normalize_text(text) if normalize else text).splitlines():
             if not line.strip():
                 continue
             match = _OPTION_LINE.match(line)
             if not match:
                 raise RecordError(f"cannot read option line {line[:40]!r}; expected 'A. text' or 'A text'")
-            options[match.group(1).upper()] = match.group(2)
+            key = match.group(1).upper() if normalize else match.group(1)
+            options[key] = match.group(2)
         return options
     if isinstance(value, Mapping):
         return {str(k): v for k, v in value.items()}
@@ -114,15 +128,18 @@ def _options_from_value(value: Any) -> dict[str, str]:
     raise RecordError(f"options of type {type(value).__name__} are not a dict, list or 'A. text' lines")
 
 
-def read_options(record: Mapping) -> dict[str, str]:
-    """The options of a record as ``{letter: text}`` in letter order, empty ones dropped."""
+def _raw_options(record: Mapping, normalize: bool = True) -> dict[str, Any]:
     key, value = first_field(record, OPTION_KEYS)
     if key is not None:
-        raw = _options_from_value(value)
-    elif any(f"op{c}" in record for c in "abcde"):  # MedMCQA
-        raw = {c.upper(): record.get(f"op{c}") for c in "abcde" if f"op{c}" in record}
-    else:
-        raw = {letter: record[letter] for letter in "ABCDEFG" if letter in record}
+        return _options_from_value(value, normalize)
+    if any(f"op{c}" in record for c in "abcde"):  # MedMCQA
+        return {c.upper(): record.get(f"op{c}") for c in "abcde" if f"op{c}" in record}
+    return {letter: record[letter] for letter in "ABCDEFG" if letter in record}
+
+
+def read_options(record: Mapping) -> dict[str, str]:
+    """The options of a record as ``{letter: text}`` in letter order, empty ones dropped."""
+    raw = _raw_options(record)
     options = {}
     for letter, text in raw.items():
         letter = normalize_text(letter).upper()
@@ -169,6 +186,27 @@ def gold_letters(record: Mapping, options: Mapping[str, str], cop_base: int | No
     raise RecordError(f"answer {text[:40]!r} is neither option letters nor the text of exactly one option")
 
 
+def _as_written(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value)
+
+
+def written_text(record: Mapping) -> Written:
+    """The record's question, type and options as written, as the paper's evaluation script read them.
+
+    The type counts when the record has the field at all, even empty (the script tested for the key; a null, which
+    is how hub datasets fill a field a record lacks, counts as absent). Options keep the record's keys and order and
+    leave out only empty texts: an option that is only whitespace stays.
+    """
+    _, question = first_field(record, QUESTION_KEYS)
+    type_key = next((k for k in TYPE_KEYS if k in record and record[k] is not None), None)
+    options = tuple(
+        (str(key), text)
+        for key, value in _raw_options(record, normalize=False).items()
+        if len(text := _as_written(value)) > 0
+    )
+    return Written(_as_written(question), None if type_key is None else _as_written(record[type_key]), options)
+
+
 def record_to_question(
     record: Any,
     source: str,
@@ -207,4 +245,5 @@ def record_to_question(
         answer=answer,
         multi=multi,
         source=source,
+        written=written_text(record),
     )

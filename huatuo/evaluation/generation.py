@@ -48,12 +48,12 @@ def generate_texts(
             )
         for r, i in enumerate(rows):
             text = tokenizer.decode(out[r, width:], skip_special_tokens=True)
-            replies[i] = _cut_at_next_turn(text) if loaded.uses_huatuo_format else text
+            replies[i] = cut_at_next_turn(text) if loaded.uses_huatuo_format else text
         if progress:
             progress(len(rows))
     return replies
 
 
-def _cut_at_next_turn(text: str) -> str:
-    # A model that does not stop may write the next user turn itself; that text is not part of its reply.
+def cut_at_next_turn(text: str) -> str:
+    """The reply without a next user turn the model went on to write itself (that text is not part of its reply)."""
     return text.split("\n" + USER_PREFIX, 1)[0].split(USER_PREFIX, 1)[0].strip()

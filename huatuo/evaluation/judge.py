@@ -1,10 +1,12 @@
 """Pairwise LLM-as-judge: two models' answers to the same open questions, compared in both orders.
 
 Each question is judged twice, with model A shown first (order ``ab``) and with model B shown first (order
-``ba``), so a judge's preference for a position cancels out. The judge writes a short comparison and ends with
-one line naming its verdict about Assistant 1: ``better than``, ``worse than`` or ``equal to`` Assistant 2.
-That line is parsed strictly (``parse_verdict``); a reply without it is asked again up to ``parse_retries``
-times, then recorded as a parse failure and reported, never counted as a tie.
+``ba``), so a judge's preference for a position cancels out. The judge writes a short comparison and names its
+verdict about Assistant 1: ``better than``, ``worse than`` or ``equal to`` Assistant 2. ``parse_verdict`` reads it
+as the paper's judge script did, anywhere in the reply; a reply without a verdict is asked again up to
+``parse_retries`` times, then recorded as a parse failure and reported, never counted as a tie.
+
+The rubric (``huatuo.evaluation.rubric``) is ours or a user's file (``eval.judge.prompt_file``).
 
 The two orders combine into win / tie / loss for model A by one of two rules:
 
@@ -13,8 +15,8 @@ The two orders combine into win / tie / loss for model A by one of two rules:
 - ``agree`` (FastChat's): a model wins only when both orders name it; any disagreement is a tie.
 
 Judgments go to an append-only JSONL file keyed by question id and order, with a fingerprint of everything the
-judge saw (rubric, question, both answers, judge model). Re-running skips every key already judged with the same
-fingerprint, so an interrupted run resumes and changed answers are judged again.
+judge saw (the rubric template, the prompt made from it, the judge model). Re-running skips every key already judged
+with the same fingerprint, so an interrupted run resumes and changed answers or a changed rubric are judged again.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any, Literal
 
 from huatuo.core.jsonl import JsonlAppender, iter_jsonl
 from huatuo.core.logs import get_logger
+from huatuo.evaluation.rubric import Rubric, fill
 from huatuo.unify.endpoint import ChatClient, EndpointError
 
 log = get_logger(__name__)
@@ -39,65 +42,12 @@ Verdict = Literal["better", "worse", "equal"]
 Rule = Literal["sum", "agree"]
 ORDERS = ("ab", "ba")
 
-_INSTRUCTIONS = """Compare the two answers as a senior physician would, in this order of importance:
-1. Medical correctness and safety: facts, diagnoses, drugs, doses, contraindications and interactions are right;
-   nothing harmful is advised; warning signs are recognised and the patient is told plainly when and where to seek
-   care.
-2. Clinical reasoning: the likely explanations follow from everything the patient said, and the alternatives that
-   matter are considered rather than one guess presented as certain.
-3. Usefulness: the answer deals with what was actually asked and gives concrete, feasible next steps (tests,
-   treatment options, self-care, which department to visit and how urgently).
-4. Communication: clear and well organised, in the patient's language, considerate, without padding.
-Length is not a merit: a longer answer is better only if what it adds is correct and useful. The order in which
-the answers are shown says nothing about their quality.
-
-First write a brief comparison. Then finish with a final line that is exactly one of:
-VERDICT: Assistant 1 is better than Assistant 2
-VERDICT: Assistant 1 is worse than Assistant 2
-VERDICT: Assistant 1 is equal to Assistant 2"""
-
-SINGLE_TURN_PROMPT = (
-    """You are reviewing two AI assistants' answers to the same medical question from a patient.
-
-[Question]
-{question}
-[End of Question]
-
-[Assistant 1]
-{answer_1}
-[End of Assistant 1]
-
-[Assistant 2]
-{answer_2}
-[End of Assistant 2]
-
-"""
-    + _INSTRUCTIONS
-)
-
-MULTI_TURN_PROMPT = (
-    """You are reviewing two medical consultations. In each, the same patient messages were sent to an
-AI assistant, one after another; judge the assistant's replies over the whole conversation, including how well
-later replies use what the patient said earlier.
-
-[Conversation with Assistant 1]
-{answer_1}
-[End of Conversation with Assistant 1]
-
-[Conversation with Assistant 2]
-{answer_2}
-[End of Conversation with Assistant 2]
-
-"""
-    + _INSTRUCTIONS
-)
-
-_VERDICT_LINE = re.compile(
-    r"^(?:verdict\s*[:：]\s*)?assistant\s*([12])\s+is\s+(better\s+than|worse\s+than|equal\s+to)\s+assistant\s*([12])"
-    r"\s*[.。!]?$",
-    re.IGNORECASE,
-)
-_DECORATION = "`*_>#\"' \t“”"
+# The paper's verdict forms: the relation may start with a capital and may be wrapped in backticks; nothing else
+# varies (one space between words, "Assistant" capitalised), so "assistant 1 IS BETTER" is no verdict.
+_RELATION = r"(`?)([bB]etter than|[wW]orse than|[eE]qual to)\1"
+_ABOUT_1 = re.compile(rf"Assistant 1 is {_RELATION} Assistant 2")
+_ABOUT_2 = re.compile(rf"Assistant 2 is {_RELATION} Assistant 1")
+_EQUAL_IN = re.compile(r"are equal in")
 
 
 @dataclass
@@ -115,28 +65,28 @@ class JudgeSettings:
     """How verdicts are asked for and combined (``eval.*`` of a judge suite)."""
 
     rule: Rule = "sum"
-    parse_retries: int = 2  # extra requests when a reply has no readable verdict line
+    parse_retries: int = 2  # extra requests when a reply has no readable verdict
     params: dict[str, Any] = field(default_factory=dict)  # sampling params sent with every judge request
+    rubric: Rubric = field(default_factory=Rubric)  # ours, or a user's file (eval.judge.prompt_file)
 
 
 def parse_verdict(reply: str) -> Verdict | None:
-    """The verdict about Assistant 1 from the reply's last non-empty line, or None when that line is not a verdict.
+    """The verdict about Assistant 1, read with the paper's precedence, or None when the reply states none.
 
-    Accepted: ``[VERDICT:] Assistant 1 is better than|worse than|equal to Assistant 2`` (or the same sentence
-    about Assistant 2, mirrored), in any case, wrapped in markdown emphasis or backticks, with a final period.
-    Anything else on the line, or the verdict anywhere but the last line, is not accepted.
+    1. The last ``Assistant 1 is better than|worse than|equal to Assistant 2`` anywhere in the reply (the relation
+       may start with a capital letter and may be wrapped in backticks: ``Assistant 1 is `Better than` Assistant 2``);
+    2. else the last ``Assistant 2 is ... Assistant 1``, mirrored (Assistant 2 better means Assistant 1 worse);
+    3. else ``are equal in`` ("both answers are equal in quality") is ``equal``.
     """
-    lines = [line.strip().strip(_DECORATION).strip() for line in reply.strip().splitlines() if line.strip()]
-    if not lines:
-        return None
-    match = _VERDICT_LINE.match(lines[-1].replace("`", "").replace("*", ""))
-    if not match or match.group(1) == match.group(3):
-        return None
-    relation = " ".join(match.group(2).lower().split())
-    verdict: Verdict = {"better than": "better", "worse than": "worse", "equal to": "equal"}[relation]
-    if match.group(1) == "2":  # "Assistant 2 is better than Assistant 1" says Assistant 1 is worse
-        verdict = {"better": "worse", "worse": "better", "equal": "equal"}[verdict]
-    return verdict
+    relation = {"better than": "better", "worse than": "worse", "equal to": "equal"}
+    first = _ABOUT_1.findall(reply)
+    if first:
+        return relation[first[-1][1].lower()]  # type: ignore[return-value]
+    second = _ABOUT_2.findall(reply)
+    if second:
+        mirrored: dict[str, Verdict] = {"better": "worse", "worse": "better", "equal": "equal"}
+        return mirrored[relation[second[-1][1].lower()]]
+    return "equal" if _EQUAL_IN.search(reply) else None
 
 
 def points(verdict: Verdict, order: str) -> tuple[int, int]:
@@ -164,17 +114,28 @@ def transcript(turns: Sequence[str], replies: Sequence[str]) -> str:
     return "\n\n".join(f"Patient: {q}\nAssistant: {a}" for q, a in zip(turns, replies, strict=True))
 
 
-def judge_prompt(item: JudgeItem, order: str) -> str:
-    """The judge's message for one order (``ab``: A is Assistant 1)."""
+def judge_prompt(item: JudgeItem, order: str, rubric: Rubric | None = None) -> str:
+    """The judge's message for one order (``ab``: A is Assistant 1).
+
+    A conversation's ``{answer_1}``/``{answer_2}`` are the two transcripts and its ``{question}`` the patient's turns,
+    one per line.
+    """
+    rubric = rubric or Rubric()
     first, second = (item.replies_a, item.replies_b) if order == "ab" else (item.replies_b, item.replies_a)
     if len(item.turns) == 1:
-        return SINGLE_TURN_PROMPT.format(question=item.turns[0], answer_1=first[0], answer_2=second[0])
-    return MULTI_TURN_PROMPT.format(answer_1=transcript(item.turns, first), answer_2=transcript(item.turns, second))
+        values = {"question": item.turns[0], "answer_1": first[0], "answer_2": second[0]}
+        return fill(rubric.template(multi_turn=False), values)
+    values = {
+        "question": "\n".join(item.turns),
+        "answer_1": transcript(item.turns, first),
+        "answer_2": transcript(item.turns, second),
+    }
+    return fill(rubric.template(multi_turn=True), values)
 
 
-def fingerprint(prompt: str, judge_model: str) -> str:
-    """Identifies what was judged: a changed answer, rubric or judge model means a new judgment."""
-    return hashlib.sha256(f"{judge_model}\n{prompt}".encode()).hexdigest()[:16]
+def fingerprint(prompt: str, judge_model: str, rubric: str = "") -> str:
+    """Identifies what was judged: a changed answer, rubric template or judge model means a new judgment."""
+    return hashlib.sha256(f"{judge_model}\n{rubric}\n{prompt}".encode()).hexdigest()[:16]
 
 
 def read_judgments(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -201,7 +162,7 @@ async def _judge_one(
         verdict = parse_verdict(reply)
         if verdict is not None:
             return verdict, reply, attempt, None
-        error = "no verdict line"
+        error = "no verdict"
     return None, reply, settings.parse_retries + 1, error
 
 
@@ -219,9 +180,10 @@ async def judge_pairs(
     judge_model = client.settings.model
     pending = []
     for item in items:
+        template = settings.rubric.template(multi_turn=len(item.turns) > 1)
         for order in ORDERS:
-            prompt = judge_prompt(item, order)
-            key, print_ = f"{item.id}|{order}", fingerprint(prompt, judge_model)
+            prompt = judge_prompt(item, order, settings.rubric)
+            key, print_ = f"{item.id}|{order}", fingerprint(prompt, judge_model, template)
             old = done.get(key)
             if old and old.get("verdict") and old.get("fingerprint") == print_:
                 continue

@@ -18,7 +18,10 @@ answer, ``答案是`` (the phrase the paper's first read-back rule looks for):
 
 Both paths are deterministic and batched: rows are right-padded (a causal model never looks right, so padding
 changes nothing), grouped by length, and scored in batches of ``batch_size`` questions (``candidate_batch``
-candidate continuations at a time). Batch size changes only float rounding, not predictions (``bench/eval.py``).
+candidate continuations at a time). A candidate follows its prompt's padding in the cache, so the continuation pass
+gives the model explicit positions and a mask: RoPE models read the positions, and the ALiBi bias (Baichuan2-13B)
+measures distance between positions taken from the mask, so the padding gap counts for nothing in either. Batch size
+and the other questions of a batch change only float rounding, not predictions (``tests/test_loglik_batches.py``).
 """
 
 from __future__ import annotations
@@ -62,6 +65,17 @@ def candidate_sets(letters: str, multi: bool, min_letters: int = 2) -> list[str]
         return list(letters)
     sizes = range(max(1, min_letters), len(letters) + 1)
     return ["".join(c) for size in sizes for c in combinations(sorted(letters), size)]
+
+
+def unscorable_reason(question: Question, settings: LoglikSettings) -> str | None:
+    """Why this mode cannot score a question (None when it can): too many candidate letter sets."""
+    count = len(candidate_sets("".join(question.options), question.multi, settings.multi_min_letters))
+    if count > settings.max_candidates:
+        return (
+            f"{count} candidate answers exceed eval.loglik.max_candidates={settings.max_candidates}; raise it or "
+            "evaluate this exam with eval.mode=generate"
+        )
+    return None
 
 
 def _encode_all(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -135,12 +149,9 @@ def _plan(loaded: LoadedModel, questions: Sequence[Question], contexts: Sequence
     tokenizer = loaded.tokenizer
     all_candidates = []
     for question in questions:
+        if reason := unscorable_reason(question, settings):  # callers leave such questions out first (suites)
+            raise ConfigError(f"{question.source}: {reason}")
         candidates = candidate_sets("".join(question.options), question.multi, settings.multi_min_letters)
-        if len(candidates) > settings.max_candidates:
-            raise ConfigError(
-                f"{question.source}: {len(candidates)} candidate answers exceed eval.loglik.max_candidates="
-                f"{settings.max_candidates}; raise it or evaluate this exam with eval.mode=generate"
-            )
         suffix = settings.terminator if question.multi else ""
         all_candidates.append([c + suffix for c in candidates])
     context_ids = _encode_all(tokenizer, list(contexts))

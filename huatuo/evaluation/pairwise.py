@@ -20,8 +20,16 @@ from huatuo.evaluation.answers import (
     read_questions,
     write_answers,
 )
-from huatuo.evaluation.judge import JudgeItem, JudgeSettings, judge_markdown, judge_pairs, summarize_judgments
+from huatuo.evaluation.judge import (
+    JudgeItem,
+    JudgeSettings,
+    Rubric,
+    judge_markdown,
+    judge_pairs,
+    summarize_judgments,
+)
 from huatuo.evaluation.loading import load_evaluated_model, progress_bar, release_memory
+from huatuo.evaluation.serving import endpoint_settings, request_params, serve_answers
 from huatuo.evaluation.tracking import log_to_loggers
 from huatuo.unify.endpoint import ChatClient, EndpointSettings
 
@@ -29,11 +37,16 @@ log = get_logger(__name__)
 
 
 def _side_answers(cfg: DictConfig, side: str, questions: list[OpenQuestion], run_dir: Path) -> Answers:
-    """One side's answers: its answer file, answers generated earlier in this run folder, or generated now."""
+    """One side's answers: its answer file, answers generated earlier in this run folder, or generated now.
+
+    With ``eval.backend=endpoint`` model A's answers come from the server (``eval.endpoint``), resumably.
+    """
     spec = cfg.eval[side]
     name = spec.get("name") or side
     if spec.get("answers"):
         return read_answers(spec.answers, model_name=name)
+    if side == "model_a" and cfg.eval.get("backend", "local") == "endpoint":
+        return _served_answers(cfg, questions, run_dir, name)
     cache = run_dir / f"answers_{side}.jsonl"
     if cache.is_file():  # a resumed run (same hydra.run.dir) keeps the answers it already judged
         cached = read_answers(cache, model_name=name)
@@ -50,6 +63,20 @@ def _side_answers(cfg: DictConfig, side: str, questions: list[OpenQuestion], run
     del loaded
     release_memory()  # the other side's model may need the memory next
     write_answers(answers, cache)
+    return answers
+
+
+def _served_answers(cfg: DictConfig, questions: list[OpenQuestion], run_dir: Path, name: str) -> Answers:
+    settings, penalty_field = endpoint_settings(OmegaConf.to_container(cfg.eval.endpoint, resolve=True))
+    params = request_params(OmegaConf.to_container(cfg.eval.generation, resolve=True), penalty_field, cfg.seed)
+    total = sum(len(q.turns) for q in questions)
+    with progress_bar(cfg, total, f"answers {name} ({settings.model})") as bar:
+        answers, errors = serve_answers(
+            settings, questions, params, run_dir / "replies_model_a.jsonl", name, bar.update
+        )
+    for qid, error in errors.items():  # the question is reported as unmatched, with its turns and replies counted
+        log.warning("model A gave no complete answer to %s (%s); rerun to ask again", qid, error)
+    write_answers(answers, run_dir / "answers_model_a.jsonl")
     return answers
 
 
@@ -83,8 +110,11 @@ def evaluate_judge(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     items, unmatched = build_items(questions, answers_a, answers_b)
     if not items:
         raise ConfigError(f"no question has answers from both models ({len(unmatched)} unmatched); check the files")
-    endpoint = EndpointSettings(**OmegaConf.to_container(ev.judge, resolve=True))
-    settings = JudgeSettings(rule=ev.rule, parse_retries=ev.parse_retries)
+    judge = OmegaConf.to_container(ev.judge, resolve=True)
+    prompt_file = judge.pop("prompt_file", None)
+    endpoint = EndpointSettings(**judge)
+    rubric = Rubric.from_file(prompt_file) if prompt_file else Rubric()
+    settings = JudgeSettings(rule=ev.rule, parse_retries=ev.parse_retries, rubric=rubric)
     judgments_path = Path(ev.judgments) if ev.get("judgments") else run_dir / "judgments.jsonl"
 
     async def run() -> dict:
@@ -104,6 +134,7 @@ def evaluate_judge(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "model_a": ev.model_a.get("name") or answers_a.model,
         "model_b": ev.model_b.get("name") or answers_b.model,
         "judge_model": endpoint.model,
+        "rubric": rubric.source,
         "summary": summary,
         "files": {"judgments": str(judgments_path)},
     }

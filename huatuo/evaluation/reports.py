@@ -62,6 +62,23 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     for row in rows:
         rules[str(row.get("rule"))] += 1
     summary["read_back_rules"] = dict(sorted(rules.items()))
+    reasons: dict[str, int] = defaultdict(int)
+    for row in rows:
+        if row.get("miss"):
+            reasons[str(row.get("miss_reason") or "unread")] += 1
+    summary["miss_reasons"] = dict(sorted(reasons.items()))  # why the misses are misses: hedge, ambiguous...
+    return summary
+
+
+def add_skipped(summary: dict[str, Any], skipped: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The summary with the questions left out unscored counted beside the accuracy, overall and per dataset."""
+    summary["skipped"] = len(skipped)
+    for record in skipped:
+        name = str(record.get("dataset") or "")
+        group = summary["by_dataset"].setdefault(name, tally([]))  # every record of a dataset may be unscorable
+        group["skipped"] = group.get("skipped", 0) + 1
+    for group in summary["by_dataset"].values():
+        group.setdefault("skipped", 0)
     return summary
 
 
@@ -85,17 +102,18 @@ def _pct(x: float) -> str:
 
 
 def _table(title: str, groups: Mapping[str, Mapping[str, Any]], label: str) -> list[str]:
+    skipped = any("skipped" in g for g in groups.values())  # the dataset table: questions left out unscored
     lines = [
         f"## {title}",
         "",
-        f"| # | {label} | n | correct | accuracy % | 95% CI | miss % |",
-        "| ---: | --- | ---: | ---: | ---: | --- | ---: |",
+        f"| # | {label} | n | correct | accuracy % | 95% CI | miss % |" + (" skipped |" if skipped else ""),
+        "| ---: | --- | ---: | ---: | ---: | --- | ---: |" + (" ---: |" if skipped else ""),
     ]
     for i, (name, g) in enumerate(groups.items(), start=1):
         low, high = g["ci95"]
         lines.append(
             f"| {i} | {name} | {g['n']} | {g['correct']} | {_pct(g['accuracy'])} | {_pct(low)}–{_pct(high)} | "
-            f"{_pct(g['miss_rate'])} |"
+            f"{_pct(g['miss_rate'])} |" + (f" {g.get('skipped', 0)} |" if skipped else "")
         )
     return lines + [""]
 
@@ -108,7 +126,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"# {results['suite']} ({results['mode']} mode)",
         "",
         f"- model: `{results['model']}`",
-        f"- questions scored: {s['n']}; unreadable records skipped: {results['skipped']}; "
+        f"- questions scored: {s['n']}; skipped (unreadable or unscorable, listed in results.json): "
+        f"{results['skipped']}; "
         f"open items not scored: {results['open_items']}; "
         f"left out by eval.subjects/limit: {results.get('filtered', 0)}",
         f"- **accuracy: {_pct(s['accuracy'])}%** (95% CI {_pct(low)}–{_pct(high)}; "
@@ -128,7 +147,8 @@ def markdown(results: Mapping[str, Any]) -> str:
     lines += _table("By question type", s["by_question_type"], "question type")
     lines += _table("By number of right letters", s["by_answer_count"], "letters")
     lines += ["## Read-back rules", "", "| rule | questions |", "| --- | ---: |"]
-    lines += [f"| {rule} | {count} |" for rule, count in s["read_back_rules"].items()]
+    lines += [f"| {'miss' if rule == 'None' else rule} | {count} |" for rule, count in s["read_back_rules"].items()]
+    lines += [f"| miss: {reason} | {count} |" for reason, count in s.get("miss_reasons", {}).items()]
     lines += ["", f"Per-question details: `{results['files']['predictions']}`.", ""]
     return "\n".join(lines)
 

@@ -14,23 +14,28 @@ from huatuo.core.logs import get_logger
 from huatuo.evaluation.contamination import flagged_questions
 from huatuo.evaluation.exam_files import load_exam, load_hub_exam, read_answer_file
 from huatuo.evaluation.exams import Exam, Question
-from huatuo.evaluation.generation import generate_texts
+from huatuo.evaluation.generation import cut_at_next_turn, generate_texts
 from huatuo.evaluation.loading import load_evaluated_model, progress_bar
 from huatuo.evaluation.loglik import LoglikSettings, score_loglik
 from huatuo.evaluation.prompt import mcq_prompt
 from huatuo.evaluation.replies import read_reply
-from huatuo.evaluation.reports import clean_subset, markdown, plot_subjects, summarize
+from huatuo.evaluation.reports import add_skipped, clean_subset, markdown, plot_subjects, summarize
+from huatuo.evaluation.serving import ServedReplies, ServedRequest, endpoint_settings, request_params, serve_replies
+from huatuo.evaluation.skips import after_loading, before_loading, settle
 from huatuo.evaluation.tracking import log_to_loggers
 from huatuo.inference.loading import LoadedModel
 
 log = get_logger(__name__)
 
 
-def load_suite(ev: DictConfig) -> Exam:
-    """The suite's questions: ``eval.data`` when set, else each hub split listed under ``eval.hub``."""
+def load_suite(ev: DictConfig, on_error: str | None = None) -> Exam:
+    """The suite's questions: ``eval.data`` when set, else each hub split listed under ``eval.hub``.
+
+    ``on_error`` overrides ``eval.on_error`` (``skip`` collects unreadable records for one error naming them all).
+    """
     answers = read_answer_file(ev.answers) if ev.get("answers") else None
     common = {
-        "on_error": ev.get("on_error", "raise"),
+        "on_error": on_error or ev.get("on_error", "raise"),
         "subject_field": ev.get("subject_field"),
         "cop_base": ev.get("cop_base"),
         "answers": answers,
@@ -61,16 +66,25 @@ def load_suite(ev: DictConfig) -> Exam:
     if ev.get("limit"):
         exam.filtered += max(0, len(exam.questions) - int(ev.limit))
         exam.questions = exam.questions[: int(ev.limit)]
-    if not exam.questions:
+    if not exam.questions and not exam.skipped:  # with skipped records, the caller names them first
         raise ConfigError(f"suite {ev.get('name')!r} has no questions left (check eval.data / eval.subjects)")
     return exam
 
 
-def run_exam(cfg: DictConfig, loaded: LoadedModel, exam: Exam) -> list[dict[str, Any]]:
-    """Answer every question in the configured mode; one row per question for the reports."""
+def run_exam(cfg: DictConfig, loaded: LoadedModel | None, exam: Exam, run_dir: Path) -> list[dict[str, Any]]:
+    """Answer every question in the configured mode; one row per question scored for the reports.
+
+    ``loaded`` is None with ``eval.backend=endpoint``: the server answers. Questions that cannot be scored raise, or
+    with ``eval.on_error=skip`` are added to ``exam.skipped`` with their reason (``huatuo.evaluation.skips``).
+    """
     ev = cfg.eval
-    questions = exam.questions
-    prompts = [loaded.render([{"role": "user", "content": mcq_prompt(q)}]) for q in questions]
+    on_error = ev.get("on_error", "raise")
+    normalize = bool(ev.get("normalize_text", False))
+    messages = [[{"role": "user", "content": mcq_prompt(q, normalize)}] for q in exam.questions]
+    prompts = [loaded.render(m) if loaded is not None else m[-1]["content"] for m in messages]
+    kept = settle(exam, exam.questions, after_loading(ev, loaded, prompts), on_error)
+    questions = [exam.questions[i] for i in kept]
+    messages, prompts = [messages[i] for i in kept], [prompts[i] for i in kept]
     rows = []
     with progress_bar(cfg, len(questions), f"{ev.name} ({ev.mode})") as bar:
         if ev.mode == "loglik":
@@ -82,15 +96,39 @@ def run_exam(cfg: DictConfig, loaded: LoadedModel, exam: Exam) -> list[dict[str,
                 rows.append(_row(q, context, None, result.letters, "loglik", {k: round(v, 4) for k, v in top.items()}))
         else:
             generation = OmegaConf.to_container(ev.generate, resolve=True)
-            replies = generate_texts(loaded, prompts, cfg.batch_size, generation, seed=cfg.seed, progress=bar.update)
+            if loaded is None:
+                served = _served_replies(cfg, questions, messages, generation, run_dir, bar.update)
+                failed = {i: served.errors[q.uid] for i, q in enumerate(questions) if q.uid not in served.texts}
+                kept = settle(exam, questions, failed, on_error)  # the replies that came back stay for a rerun
+                questions, prompts = [questions[i] for i in kept], [prompts[i] for i in kept]
+                replies = [cut_at_next_turn(served.texts[q.uid]) for q in questions]
+            else:
+                replies = generate_texts(
+                    loaded, prompts, cfg.batch_size, generation, seed=cfg.seed, progress=bar.update
+                )
             for q, prompt, reply in zip(questions, prompts, replies, strict=True):
                 readback = read_reply(reply, q.options, q.multi)
-                rows.append(_row(q, prompt, reply, readback.letters, readback.rule, None))
+                rows.append(_row(q, prompt, reply, readback.letters, readback.rule, None, readback.reason))
     return rows
 
 
+def _served_replies(cfg: DictConfig, questions, messages, generation, run_dir: Path, progress) -> ServedReplies:
+    """The server's replies by question uid (and the errors of those that failed), resuming from the replies file."""
+    settings, penalty_field = endpoint_settings(OmegaConf.to_container(cfg.eval.endpoint, resolve=True))
+    params = request_params(generation, penalty_field, cfg.seed)
+    requests = [ServedRequest(q.uid, m) for q, m in zip(questions, messages, strict=True)]
+    path = Path(cfg.eval.get("replies") or run_dir / "replies.jsonl")
+    return serve_replies(settings, requests, params, path, progress)
+
+
 def _row(
-    question: Question, prompt: str, reply: str | None, letters: str, rule: str | None, scores: dict | None
+    question: Question,
+    prompt: str,
+    reply: str | None,
+    letters: str,
+    rule: str | None,
+    scores: dict | None,
+    miss_reason: str | None = None,
 ) -> dict[str, Any]:
     return {
         "uid": question.uid,
@@ -108,13 +146,18 @@ def _row(
         "gold": question.answer,
         "correct": bool(letters) and letters == question.answer,
         "miss": rule is None,
+        "miss_reason": miss_reason,  # empty | hedge | ambiguous | no_answer (huatuo.evaluation.replies)
     }
 
 
 def evaluate_exam(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Load the suite and the model, answer, and write the reports."""
     ev = cfg.eval
-    exam = load_suite(ev)
+    exam = load_suite(ev, on_error="skip")  # unreadable records wait in exam.skipped: one error names them all
+    kept = settle(exam, exam.questions, before_loading(ev, exam.questions), ev.get("on_error", "raise"))
+    exam.questions = [exam.questions[i] for i in kept]
+    if not exam.questions:
+        raise ConfigError(f"suite {ev.get('name')!r}: no question can be scored ({len(exam.skipped)} skipped)")
     log.info(
         "suite %s: %d questions (%d multi-answer), %d skipped, %d open items",
         ev.name,
@@ -124,9 +167,12 @@ def evaluate_exam(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         exam.open_items,
     )
     flagged = flagged_questions(cfg.contamination, ev.name) if cfg.get("contamination") else None  # before the model
-    loaded, model_name = load_evaluated_model(cfg)
-    rows = run_exam(cfg, loaded, exam)
-    summary = summarize(rows)
+    if ev.get("backend", "local") == "endpoint":
+        loaded, model_name = None, f"{ev.endpoint.model} (endpoint {ev.endpoint.base_url})"
+    else:
+        loaded, model_name = load_evaluated_model(cfg)
+    rows = run_exam(cfg, loaded, exam, run_dir)
+    summary = add_skipped(summarize(rows), exam.skipped)
     clean = clean_subset(rows, flagged, str(cfg.contamination)) if flagged is not None else None
     files = {
         "predictions": str(write_jsonl(rows, run_dir / "predictions.jsonl")),
@@ -139,15 +185,21 @@ def evaluate_exam(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "suite": ev.name,
         "mode": ev.mode,
         "model": model_name,
+        "backend": ev.get("backend", "local"),
         "skipped": len(exam.skipped),
+        "skipped_records": exam.skipped,  # {source, dataset, reason} (and uid when found while scoring)
         "open_items": exam.open_items,
         "filtered": exam.filtered,
         "summary": summary,
         "settings": OmegaConf.to_container(ev.loglik if ev.mode == "loglik" else ev.generate, resolve=True),
+        "normalize_text": bool(ev.get("normalize_text", False)),
         "files": files,
     }
     if clean is not None:  # the questions a contamination report does not flag, scored beside the full suite
         results["clean"] = clean
+    if results["backend"] == "endpoint":
+        server = OmegaConf.to_container(ev.endpoint, resolve=True)
+        results["endpoint"] = {k: server.get(k) for k in ("base_url", "model", "penalty_field", "max_concurrency")}
     write_json(results, run_dir / "results.json")
     (run_dir / "results.md").write_text(markdown(results), encoding="utf-8")
     log.info("%s: accuracy %.1f%% over %d questions, miss rate %.1f%%", ev.name, 100 * summary["accuracy"],

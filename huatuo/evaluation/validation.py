@@ -11,6 +11,7 @@ from huatuo.models.loading import model_folder_problem
 
 MODES = ("loglik", "generate")
 RULES = ("sum", "agree")
+BACKENDS = ("local", "endpoint")
 
 
 def _cuda_available() -> bool:
@@ -35,12 +36,35 @@ def eval_config_problems(cfg: DictConfig) -> list[str]:
     if contamination is not None and not Path(str(contamination)).is_file():
         problems.append(f"contamination={contamination!r}: no such file; give a contamination.json of decontaminate")
     kind = ev.get("kind")
+    problems += _backend_problems(ev)
     if kind == "mcq":
         problems += _mcq_problems(ev)
     elif kind == "judge":
         problems += _judge_problems(ev)
     else:
         problems.append(f"eval.kind={kind!r}: use mcq or judge (choose a suite with eval=<name>)")
+    return problems
+
+
+def _backend_problems(ev: DictConfig) -> list[str]:
+    backend = ev.get("backend", "local")
+    if backend not in BACKENDS:
+        return [f"eval.backend={backend!r}: use local (generate in this process) or endpoint (a server, eval.endpoint)"]
+    if backend == "local":
+        return []
+    from huatuo.evaluation.serving import endpoint_problems
+
+    spec = ev.get("endpoint")
+    problems = endpoint_problems(OmegaConf.to_container(spec, resolve=True) if spec is not None else None)
+    if ev.get("kind") == "mcq" and ev.get("mode") == "loglik":
+        problems.append(
+            "eval.backend=endpoint answers by generating: set eval.mode=generate (loglik needs the model's "
+            "probabilities, in this process)"
+        )
+    if ev.get("kind") == "judge" and (ev.get("model_a") or {}).get("model_path"):
+        problems.append(
+            "eval.model_a.model_path is set but eval.backend=endpoint generates model A's answers; drop one"
+        )
     return problems
 
 
@@ -57,6 +81,8 @@ def _mcq_problems(ev: DictConfig) -> list[str]:
         problems.append(f"eval.on_error={ev.get('on_error')!r}: use raise or skip")
     if ev.get("answers") and not Path(str(ev.answers)).is_file():
         problems.append(f"eval.answers={ev.answers!r}: no such file (a JSON/JSONL list of {{id, answer}})")
+    if not isinstance(ev.get("normalize_text", False), bool):
+        problems.append(f"eval.normalize_text={ev.get('normalize_text')!r}: use false (the record's text) or true")
     if ev.get("cop_base") not in (None, 0, 1):
         problems.append(f"eval.cop_base={ev.get('cop_base')!r}: use 0, 1 or null (detect per file)")
     loglik = ev.get("loglik") or {}
@@ -94,7 +120,22 @@ def _judge_problems(ev: DictConfig) -> list[str]:
     judge = ev.get("judge") or {}
     if not judge.get("model"):
         problems.append("eval.judge.model is empty; name the judge model the endpoint serves")
+    if judge.get("prompt_file"):
+        problems += _rubric_file_problems(str(judge.prompt_file), single_turn=ev.get("turns") != "multi")
     return problems
+
+
+def _rubric_file_problems(path: str, single_turn: bool) -> list[str]:
+    from huatuo.evaluation.rubric import rubric_problems
+
+    where = f"eval.judge.prompt_file={path!r}"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return [f"{where}: no such file; give a rubric file with {{question}}, {{answer_1}} and {{answer_2}}"]
+    except (OSError, UnicodeDecodeError) as err:
+        return [f"{where}: cannot be read as UTF-8 text ({err})"]
+    return rubric_problems(text, where, single_turn)
 
 
 def check_eval_config(cfg: DictConfig) -> None:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
@@ -23,9 +23,15 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def transformers_serve(
-    model_dir: Path, startup_timeout: float = 180.0, log_path: Path | None = None, device: str = "cpu"
+    model_dir: Path,
+    startup_timeout: float = 180.0,
+    log_path: Path | None = None,
+    device: str = "cpu",
+    extra_args: Sequence[str] = (),
 ) -> Iterator[str]:
     """Run ``transformers serve`` for ``model_dir`` on a free port; yields the OpenAI base URL (``.../v1``).
+
+    ``extra_args`` go to the command as they are (``["--continuous-batching"]``).
 
     The server's output goes to ``log_path`` (default: ``serve-<port>.log`` beside the model folder). Startup is
     polled with a deadline, and the server is terminated (then killed) on exit, so nothing outlives the block.
@@ -48,6 +54,7 @@ def transformers_serve(
             device,
             "--log-level",
             "warning",
+            *extra_args,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

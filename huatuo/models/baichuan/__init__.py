@@ -13,7 +13,9 @@ Numerics follow the original code, so logits match it within float32 rounding:
 - ALiBi (13B): per-head slopes by the ALiBi paper's rule (head counts that are not a power of two included); the bias
   is ``slope * (key index - query index)`` built in float32 and cast once to the activation dtype, as the original's
   training path does. Its inference path adds ``slope * key index`` instead, equal after the softmax but made of
-  numbers up to ``slope * 4095`` that bf16 rounds coarsely; the relative form keeps nearby keys exact.
+  numbers up to ``slope * 4095`` that bf16 rounds coarsely; the relative form keeps nearby keys exact. With a 2D
+  attention mask the indices are token positions (real tokens before it), not slots, so padding inside a row adds no
+  distance and a row's logits do not depend on its batch; for unpadded and left-padded rows the two are the same.
 - NormHead: each vocabulary row of ``lm_head.weight`` is L2-normalised before the matmul, in training and inference
   (the stored weight stays as loaded; the original overwrote it with its normalised copy on the first eval call).
 

@@ -1,8 +1,9 @@
 """Where tokens are, for attention: ALiBi slopes and biases (13B), rotary tables (7B), packed-document ids.
 
-The ALiBi bias is built from token positions, not from slots of the batch: padding between a prompt and its
-continuation (right-padded prompts whose candidates are appended after the padding, as log-likelihood scoring does)
-does not count as distance, so a row's scores do not depend on what else shares its batch.
+The ALiBi bias is built from token positions, not from slots of the batch, whenever a 2D attention mask says which
+slots are padding: padding between a prompt and its continuation (right-padded prompts whose candidates are appended
+after the padding, as log-likelihood scoring does) then adds no distance, so a row's scores do not depend on what
+else shares its batch.
 """
 
 from __future__ import annotations
@@ -44,27 +45,37 @@ def alibi_bias(
 ) -> torch.Tensor:
     """Additive attention bias of shape ``(batch or 1, heads, q_len, kv_len)``: ALiBi where allowed, ``min`` elsewhere.
 
-    Queries are the last ``q_len`` of the ``kv_len`` positions (earlier ones come from the cache). A key is allowed
-    when it is not in the future, belongs to the query's document (``document_ids``, packed rows), and is not padding.
-    A 2D ``attention_mask`` is read as the original 13B code reads it: 0 is padding, and without a past, tokens only
-    see tokens with the same mask value (so segment ids 1, 2, 3 ... isolate segments too); a 4D mask is used as is.
+    Queries are the last ``q_len`` of the ``kv_len`` slots (earlier ones come from the cache). A key is allowed when
+    its slot is not after the query's, it belongs to the query's document (``document_ids``, packed rows), and it is
+    not padding. A 2D ``attention_mask`` is read as the original 13B code reads it: 0 is padding, and without a past,
+    tokens only see tokens with the same mask value (so segment ids 1, 2, 3 ... isolate segments too); a 4D mask is
+    used as is.
+
+    The distance is measured between token positions: with a 2D mask a token's position is the number of real
+    tokens before it, for keys and queries alike, so padding anywhere in a row (between a prompt and a continuation
+    appended after it, as log-likelihood scoring does) adds no distance. Without a 2D mask positions are slots.
     """
     past = kv_len - q_len
-    distance = torch.arange(kv_len, device=device)[None, :] - torch.arange(past, kv_len, device=device)[:, None]
-    allowed = (distance <= 0)[None, None]  # (1, 1, q, k)
+    slots = torch.arange(kv_len, device=device)
+    allowed = (slots[None, :] <= slots[past:, None])[None, None]  # (1, 1, q, k): causal by slot
     if document_ids is not None:
         allowed = allowed & (document_ids[:, None, :, None] == document_ids[:, None, None, :])
+    distance = (slots[None, :] - slots[past:, None])[None]  # (1, q, k)
     if attention_mask is not None and attention_mask.ndim == 4:
         allowed = allowed & (attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0)
     elif attention_mask is not None:
         if attention_mask.shape[-1] != kv_len:
             raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions, expected {kv_len}")
         keys = attention_mask.to(device)
-        allowed = allowed & (keys != 0)[:, None, None, :]
+        real = keys != 0
+        allowed = allowed & real[:, None, None, :]
         if past == 0:
             allowed = allowed & (keys[:, None, :, None] == keys[:, None, None, :])
+        # For contiguous rows (unpadded, left-padded) position differences equal slot differences: the original's bias.
+        positions = real.long().cumsum(-1) - 1
+        distance = positions[:, None, :] - positions[:, past:, None]  # (batch, q, k)
     slopes = torch.tensor(alibi_slopes(num_heads), dtype=torch.float32, device=device)
-    bias = (slopes[:, None, None] * distance.to(torch.float32)).to(dtype)[None]  # (1, heads, q, k)
+    bias = (slopes[None, :, None, None] * distance[:, None].to(torch.float32)).to(dtype)  # (batch or 1, heads, q, k)
     return bias.masked_fill(~allowed, torch.finfo(dtype).min)
 
 
