@@ -169,7 +169,7 @@ def test_named_suites_read_their_hub_splits_through_the_same_record_reader(tmp_p
     """No network: datasets.load_dataset is replaced by a recorder that serves rows in each hub's layout."""
     import datasets
 
-    from huatuo.evaluation.suites import load_suite
+    from huatuo.evaluation.exam_files import load_suite
 
     calls = []
 

@@ -81,8 +81,7 @@ def entry_problems(entries: Any, n: Any, key: str, n_key: str) -> list[str]:
 
 def load_suites(entries: Sequence[str]) -> dict[str, Exam]:
     """The questions of each entry: a conf/eval suite (its own data, hub splits, subjects and limit) or a path."""
-    from huatuo.evaluation.exam_files import load_exam
-    from huatuo.evaluation.suites import load_suite
+    from huatuo.evaluation.exam_files import load_exam, load_suite
 
     suites: dict[str, Exam] = {}
     for entry in entries:

@@ -32,7 +32,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from huatuo.core.errors import DataError, raise_problems
+from omegaconf import DictConfig, OmegaConf
+
+from huatuo.core.errors import ConfigError, DataError, raise_problems
 from huatuo.core.jsonl import parse_jsonl
 from huatuo.evaluation.exams import (
     ANSWER_KEYS,
@@ -250,3 +252,46 @@ def with_answer(record: Any, answers: Mapping[str, Any] | None) -> Any:
     _, key = first_field(record, ID_KEYS)
     key = normalize_text(key)
     return {**record, "answer": answers[key]} if key in answers else record
+
+
+def load_suite(ev: DictConfig, on_error: str | None = None) -> Exam:
+    """The suite's questions: ``eval.data`` when set, else each hub split listed under ``eval.hub``.
+
+    ``on_error`` overrides ``eval.on_error`` (``skip`` collects unreadable records for one error naming them all).
+    """
+    answers = read_answer_file(ev.answers) if ev.get("answers") else None
+    common = {
+        "on_error": on_error or ev.get("on_error", "raise"),
+        "subject_field": ev.get("subject_field"),
+        "cop_base": ev.get("cop_base"),
+        "answers": answers,
+    }
+    subjects = list(ev.subjects) if ev.get("subjects") else None
+    data = None if OmegaConf.is_missing(ev, "data") else ev.get("data")
+    if data is not None:
+        exam = load_exam(data, dataset=ev.get("dataset"), subjects=subjects, **common)
+    else:
+        exam = Exam()
+        for entry in OmegaConf.to_container(ev.hub, resolve=True):
+            names = entry.get("name")
+            for name in names if isinstance(names, list) else [names]:
+                part = load_hub_exam(
+                    entry["repo"],
+                    entry.get("split", "test"),
+                    name=name,
+                    revision=entry.get("revision"),
+                    dataset=entry.get("dataset"),
+                    subject=name if isinstance(names, list) else entry.get("subject"),
+                    **{**common, "cop_base": entry.get("cop_base", common["cop_base"])},
+                )
+                exam.extend(part)
+        if subjects:
+            kept = [q for q in exam.questions if q.subject in set(subjects)]
+            exam.filtered += len(exam.questions) - len(kept)
+            exam.questions = kept
+    if ev.get("limit"):
+        exam.filtered += max(0, len(exam.questions) - int(ev.limit))
+        exam.questions = exam.questions[: int(ev.limit)]
+    if not exam.questions and not exam.skipped:  # with skipped records, the caller names them first
+        raise ConfigError(f"suite {ev.get('name')!r} has no questions left (check eval.data / eval.subjects)")
+    return exam

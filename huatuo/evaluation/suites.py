@@ -12,7 +12,7 @@ from huatuo.core.errors import ConfigError
 from huatuo.core.jsonl import write_json, write_jsonl
 from huatuo.core.logs import get_logger
 from huatuo.evaluation.contamination import flagged_questions
-from huatuo.evaluation.exam_files import load_exam, load_hub_exam, read_answer_file
+from huatuo.evaluation.exam_files import load_suite
 from huatuo.evaluation.exams import Exam, Question
 from huatuo.evaluation.generation import cut_at_next_turn, generate_texts
 from huatuo.evaluation.loading import load_evaluated_model, progress_bar
@@ -26,49 +26,6 @@ from huatuo.evaluation.tracking import log_to_loggers
 from huatuo.inference.loading import LoadedModel
 
 log = get_logger(__name__)
-
-
-def load_suite(ev: DictConfig, on_error: str | None = None) -> Exam:
-    """The suite's questions: ``eval.data`` when set, else each hub split listed under ``eval.hub``.
-
-    ``on_error`` overrides ``eval.on_error`` (``skip`` collects unreadable records for one error naming them all).
-    """
-    answers = read_answer_file(ev.answers) if ev.get("answers") else None
-    common = {
-        "on_error": on_error or ev.get("on_error", "raise"),
-        "subject_field": ev.get("subject_field"),
-        "cop_base": ev.get("cop_base"),
-        "answers": answers,
-    }
-    subjects = list(ev.subjects) if ev.get("subjects") else None
-    data = None if OmegaConf.is_missing(ev, "data") else ev.get("data")
-    if data is not None:
-        exam = load_exam(data, dataset=ev.get("dataset"), subjects=subjects, **common)
-    else:
-        exam = Exam()
-        for entry in OmegaConf.to_container(ev.hub, resolve=True):
-            names = entry.get("name")
-            for name in names if isinstance(names, list) else [names]:
-                part = load_hub_exam(
-                    entry["repo"],
-                    entry.get("split", "test"),
-                    name=name,
-                    revision=entry.get("revision"),
-                    dataset=entry.get("dataset"),
-                    subject=name if isinstance(names, list) else entry.get("subject"),
-                    **{**common, "cop_base": entry.get("cop_base", common["cop_base"])},
-                )
-                exam.extend(part)
-        if subjects:
-            kept = [q for q in exam.questions if q.subject in set(subjects)]
-            exam.filtered += len(exam.questions) - len(kept)
-            exam.questions = kept
-    if ev.get("limit"):
-        exam.filtered += max(0, len(exam.questions) - int(ev.limit))
-        exam.questions = exam.questions[: int(ev.limit)]
-    if not exam.questions and not exam.skipped:  # with skipped records, the caller names them first
-        raise ConfigError(f"suite {ev.get('name')!r} has no questions left (check eval.data / eval.subjects)")
-    return exam
 
 
 def run_exam(cfg: DictConfig, loaded: LoadedModel | None, exam: Exam, run_dir: Path) -> list[dict[str, Any]]:
