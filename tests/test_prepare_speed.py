@@ -50,7 +50,7 @@ def digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
-def test_worker_processes_write_the_token_files_of_one_process(tmp_path, tiny_tokenizer, monkeypatch):
+def test_any_number_of_worker_threads_or_processes_writes_the_token_files_of_one(tmp_path, tiny_tokenizer, monkeypatch):
     specs = sources_from_config(write_sources(tmp_path / "data", 2500))  # 3 chunks per source
     encoder = ConversationEncoder(tiny_tokenizer, 256)
     pools = []
@@ -61,15 +61,18 @@ def test_worker_processes_write_the_token_files_of_one_process(tmp_path, tiny_to
         return pools[-1]
 
     monkeypatch.setattr(ChunkEncoder, "_start", start)
-    stores = {}
-    for num_proc in (1, 2, 3):
-        workdir = tmp_path / f"tokens-{num_proc}"
+    layouts = [(1, "thread"), (2, "thread"), (3, "thread"), (2, "process"), (3, "process")]
+    first = None
+    for num_proc, workers in layouts:
+        workdir = tmp_path / f"tokens-{num_proc}-{workers}"
         workdir.mkdir()
-        stores[num_proc] = tokenize_sources(specs, encoder, PackingSettings(max_len=256), workdir, num_proc=num_proc)
-        assert digests(workdir) == digests(tmp_path / "tokens-1")
-        assert (stores[num_proc].offsets == stores[1].offsets).all()
-        assert (stores[num_proc].supervised == stores[1].supervised).all()
-    assert [type(p) is ProcessPoolExecutor for p in pools] == [False, True, True]  # really in processes
+        settings = PackingSettings(max_len=256)
+        store = tokenize_sources(specs, encoder, settings, workdir, num_proc=num_proc, workers=workers)
+        first = first or (workdir, store)
+        assert digests(workdir) == digests(first[0])
+        assert (store.offsets == first[1].offsets).all() and (store.supervised == first[1].supervised).all()
+    assert [type(p) is ProcessPoolExecutor for p in pools] == [False, False, False, True, True]
+    assert [p._max_workers for p in pools] == [1, 2, 3, 2, 3]
 
 
 def test_a_single_chunk_is_encoded_without_a_pool(tmp_path, tiny_tokenizer, monkeypatch):
@@ -84,7 +87,7 @@ def test_prepared_rows_and_fingerprint_do_not_depend_on_num_proc(tmp_path, tiny_
     specs = sources_from_config(write_sources(tmp_path / "data", 1500))
     settings = PackingSettings(max_len=256)
     one = prepare(specs, tiny_tokenizer, settings, tmp_path / "cache-1", num_proc=1)
-    two = prepare(specs, tiny_tokenizer, settings, tmp_path / "cache-2", num_proc=2)
+    two = prepare(specs, tiny_tokenizer, settings, tmp_path / "cache-2", num_proc=2, workers="process")
     assert one.fingerprint == two.fingerprint
     data = [f for f in sorted((one.dataset_dir).iterdir()) if f.suffix == ".arrow"]
     assert data and all(f.read_bytes() == (two.dataset_dir / f.name).read_bytes() for f in data)
@@ -154,7 +157,7 @@ def test_the_prepare_command_reads_the_tokenizer_from_its_cache_on_a_rerun(tmp_p
 
 def test_workers_take_their_encoder_from_the_parent(tmp_path, tiny_tokenizer):
     encoder = ConversationEncoder(tiny_tokenizer, 256)
-    with ChunkEncoder(encoder, 2) as chunks:
+    with ChunkEncoder(encoder, 2, "process") as chunks:
         conversations = [[q, a] for q in QUESTIONS for a in ANSWERS]
         batches = list(chunks.map(iter([(["x"] * len(conversations), conversations)] * 3)))
     assert tokens_module._worker_encoder is encoder

@@ -86,15 +86,8 @@ def seconds_since_process_start() -> float | None:
         return None
 
 
-def _build(
-    specs,
-    tokenizer,
-    settings: PackingSettings,
-    workdir: Path,
-    key: str,
-    num_proc: int | None = None,
-    exclude: NgramIndex | None = None,
-) -> dict[str, Any]:
+def _build(specs, tokenizer, settings: PackingSettings, workdir: Path, key: str, **reading: Any) -> dict[str, Any]:
+    """Build the prepared folder in ``workdir``; ``reading`` goes to ``tokenize_sources`` (workers, exclusions)."""
     started = time.perf_counter()
     start_up = seconds_since_process_start()
     phases = _Phases()
@@ -108,7 +101,7 @@ def _build(
     encoder = ConversationEncoder(tokenizer, settings.max_len)  # ConfigError: max_len below the template's minimum
     tmp = workdir / "tokens"
     tmp.mkdir(parents=True)
-    tokens = tokenize_sources(specs, encoder, settings, tmp, num_proc=num_proc, exclude=exclude)
+    tokens = tokenize_sources(specs, encoder, settings, tmp, **reading)
     phases.end("read_and_tokenize")
     sizes = np.diff(tokens.source_base).tolist()
     sampler = PrioritySampler(sizes, [s.priority for s in specs], [s.epochs for s in specs], settings.seed)
@@ -177,7 +170,8 @@ def _build(
         "phase_cores_busy": {k: round(phases.cpu[k] / v, 2) if v > 0 else None for k, v in phases.wall.items()},
         "start_up_seconds": None if start_up is None else round(start_up, 2),  # process start to the first record
     }
-    if exclude is not None:  # per source, the documents dropped are under skipped["decontaminated"]
+    # per source, the documents data.decontaminate dropped are under skipped["decontaminated"]
+    if (exclude := reading.get("exclude")) is not None:
         stats["decontamination"] = {**exclude.meta, "digest": exclude.digest()}
     (workdir / "stats.json").write_text(json.dumps(stats, indent=1, ensure_ascii=False))
     (workdir / "sources.json").write_text(json.dumps(names, ensure_ascii=False))
@@ -201,11 +195,12 @@ def prepare(
     force: bool = False,
     num_proc: int | None = None,
     exclude: NgramIndex | None = None,
+    workers: str = "thread",
 ) -> Prepared:
     """Prepare (or reuse) the packed dataset for these sources; returns where it lives and its statistics.
 
-    ``num_proc``: tokenizing processes (None: every core); the rows do not depend on it. ``exclude``: documents
-    sharing an n-gram with it (``data.decontaminate``: exam questions) are left out.
+    ``num_proc`` tokenizing ``workers`` (threads or processes; None: every core): the rows do not depend on them.
+    ``exclude``: documents sharing an n-gram with it (``data.decontaminate``: exam questions) are left out.
     """
     raise_problems("bad data config", settings.problems())
     key = fingerprint(specs, tokenizer, settings, exclude, FileDigests(Path(cache_dir) / "file_digests.json"))
@@ -228,7 +223,7 @@ def prepare(
     workdir = final.parent / f"{key}.tmp-{os.getpid()}"
     shutil.rmtree(workdir, ignore_errors=True)
     try:
-        stats = _build(specs, tokenizer, settings, workdir, key, num_proc, exclude)
+        stats = _build(specs, tokenizer, settings, workdir, key, num_proc=num_proc, exclude=exclude, workers=workers)
         if final.exists():
             shutil.rmtree(final)
         os.replace(workdir, final)  # atomic: a reader sees the old folder, no folder, or the complete new one
@@ -297,9 +292,7 @@ def run(cfg, exclude: NgramIndex | None = None) -> Prepared:
     settings = settings_from_config(data)
     raise_problems("bad data config", settings.problems())
     tokenizer = prepare_tokenizer(OmegaConf.to_container(cfg.backbone.tokenizer, resolve=True), data["cache_dir"])
-    force = cfg.get("force", False)
-    prepared = prepare(
-        specs, tokenizer, settings, data["cache_dir"], force=force, num_proc=data.get("num_proc"), exclude=exclude
-    )
+    reading = {"num_proc": data.get("num_proc"), "workers": data.get("workers", "thread"), "exclude": exclude}
+    prepared = prepare(specs, tokenizer, settings, data["cache_dir"], force=cfg.get("force", False), **reading)
     publish(prepared, cfg.paths.run_dir)
     return prepared

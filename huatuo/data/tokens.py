@@ -4,12 +4,13 @@ Memory stays flat at any corpus size: conversations stream from the files in chu
 go straight to disk; only the per-sample lengths stay in memory. Rows are later read back with positioned reads
 (``TokenStore.read``).
 
-Tokenizing runs on every core (``num_proc``): this process reads and checks the records while worker processes
-(forked, so the tokenizer is shared, not copied) turn chunks into ids and labels, at most two chunks per worker in
-flight; results are written in reading order, so the files are byte for byte those of one process. The Rust
-tokenizer's own threads cover only the encoding call, not the Python work around it (about half of the time with
-the Baichuan2 vocabulary), which is why processes are used. A source of a single chunk is encoded here, without
-forking.
+Tokenizing runs on every core (``num_proc`` workers): this thread reads and checks the records while the workers turn
+chunks into ids and labels, at most two chunks per worker in flight, and results are written in reading order, so
+the files are byte for byte those of one worker. Workers are threads by default (``workers="thread"``): they share
+one tokenizer, whose Rust encoding releases the GIL and runs on its own thread pool, so one thread's Python work
+(collecting ids, assembling labels) overlaps another's encoding. ``workers="process"`` forks single-threaded
+worker processes instead (the tokenizer shared copy-on-write): more CPU per sample (no shared BPE cache, results
+copied back), for tokenizers without a Rust backend. A source of a single chunk is encoded here, without a pool.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from huatuo.data.settings import PackingSettings
 from huatuo.data.sources import MAX_EXAMPLES, LoadReport, SourceSpec, forget_parsed_json, iter_conversations
 
 DECONTAMINATED = "decontaminated"  # the skip reason of documents that share an n-gram with an exam question
-ENCODE_CHUNK = 1024  # conversations per tokenizer call: enough to keep every core busy, small in memory
+ENCODE_CHUNK = 512  # conversations per tokenizer call: long enough for the Rust threads, short for overlap
 
 
 @dataclass
@@ -106,23 +107,27 @@ def _encode_in_worker(conversations: list[list[str]]) -> EncodedBatch:
     return _worker_encoder.encode_flat(conversations)
 
 
-class ChunkEncoder:
-    """Encodes chunks of conversations in order: in worker processes when ``num_proc > 1``, else in a thread.
+WORKERS = ("thread", "process")
 
-    The pool is started at the second chunk, so small inputs (the demo, tests) never fork. With one process the
-    chunk is encoded in a thread while the caller reads the next one (the tokenizer releases the GIL).
+
+class ChunkEncoder:
+    """Encodes chunks of conversations in order, on ``num_proc`` worker threads or forked processes.
+
+    The pool is started at the second chunk, so small inputs (the demo, tests) never start one.
     """
 
-    def __init__(self, encoder: ConversationEncoder, num_proc: int) -> None:
+    def __init__(self, encoder: ConversationEncoder, num_proc: int, workers: str = "thread") -> None:
+        if workers not in WORKERS:
+            raise ValueError(f"workers={workers!r}: use thread or process")
         self.encoder = encoder
-        self.num_proc = (
-            num_proc if "fork" in multiprocessing.get_all_start_methods() and sys.platform != "darwin" else 1
-        )
+        self.num_proc = max(1, num_proc)
+        forkable = "fork" in multiprocessing.get_all_start_methods() and sys.platform != "darwin"
+        self.processes = workers == "process" and forkable and self.num_proc > 1
         self._pool: ProcessPoolExecutor | ThreadPoolExecutor | None = None
 
     def _start(self) -> ProcessPoolExecutor | ThreadPoolExecutor:
-        if self.num_proc <= 1:
-            return ThreadPoolExecutor(max_workers=1, thread_name_prefix="huatuo-encode")
+        if not self.processes:
+            return ThreadPoolExecutor(max_workers=self.num_proc, thread_name_prefix="huatuo-encode")
         global _worker_encoder
         _worker_encoder = self.encoder
         # Each worker is one tokenizing core: the Rust thread pool inside a worker would only compete with the
@@ -155,7 +160,7 @@ class ChunkEncoder:
         if second is None and self._pool is None:  # a single chunk: no pool for it
             yield first[0], self.encoder.encode_flat(first[1])
             return
-        window = 2 * max(self.num_proc, 1)
+        window = 2 * self.num_proc
         pending: deque[tuple[list[str], Future]] = deque()
         for locations, conversations in _chain(first, second, chunks):
             pending.append((locations, self._submit(conversations)))
@@ -197,8 +202,9 @@ def tokenize_sources(
     workdir: Path,
     num_proc: int | None = None,
     exclude: NgramIndex | None = None,
+    workers: str = "thread",
 ) -> TokenStore:
-    """Read, check and tokenize every source into ``workdir`` (``num_proc`` processes; None: every core).
+    """Read, check and tokenize every source into ``workdir`` (``num_proc`` workers, None: every core).
 
     ``exclude``: conversations that overlap these exam n-grams are dropped and counted (data.decontaminate).
     """
@@ -208,11 +214,11 @@ def tokenize_sources(
     source_base = [0]
     reports, truncated, truncated_at = [], [], []
     overlong = f"longer than max_len={settings.max_len}"
-    processes = available_cores() if num_proc is None else max(1, int(num_proc))
+    count = available_cores() if num_proc is None else max(1, int(num_proc))
     with (
         ids_path.open("wb") as ids_out,
         labels_path.open("wb") as labels_out,
-        ChunkEncoder(encoder, processes) as chunk_encoder,
+        ChunkEncoder(encoder, count, workers) as chunk_encoder,
     ):
         for spec in specs:
             report = LoadReport()

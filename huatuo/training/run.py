@@ -32,15 +32,9 @@ log = get_logger(__name__)
 
 
 def _prepare_and_publish(
-    specs,
-    tokenizer,
-    settings: PackingSettings,
-    cache_dir: str,
-    run_dir: Path,
-    num_proc: int | None = None,
-    exclude: NgramIndex | None = None,
+    specs, tokenizer, settings: PackingSettings, cache_dir: str, run_dir: Path, **reading: Any
 ) -> Prepared:
-    prepared = prepare(specs, tokenizer, settings, cache_dir, num_proc=num_proc, exclude=exclude)
+    prepared = prepare(specs, tokenizer, settings, cache_dir, **reading)
     if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
         publish(prepared, run_dir)
     return prepared
@@ -101,7 +95,15 @@ def train(
     ConversationEncoder(tokenizer, settings.max_len)  # the template fits data.max_len with this tokenizer
     datamodule = PackedDataModule(
         prepare=partial(
-            _prepare_and_publish, specs, tokenizer, settings, data["cache_dir"], run_dir, data.get("num_proc"), exclude
+            _prepare_and_publish,
+            specs,
+            tokenizer,
+            settings,
+            data["cache_dir"],
+            run_dir,
+            num_proc=data.get("num_proc"),
+            workers=data.get("workers", "thread"),
+            exclude=exclude,
         ),
         micro_batch_size=data["micro_batch_size"],
         max_len=settings.max_len,

@@ -224,6 +224,11 @@ def data_config_problems(cfg: DictConfig) -> list[str]:
     """Every problem of the ``data`` group: its sources (files, formats, priorities) and packing settings."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
     _, problems = parse_sources(data.get("sources"))
+    num_proc = data.get("num_proc")
+    if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
+        problems.append(f"data.num_proc={num_proc!r} must be null (every core) or an integer >= 1")
+    if data.get("workers", "thread") not in ("thread", "process"):
+        problems.append(f"data.workers={data.get('workers')!r}: use thread (the default) or process")
     return problems + settings_from_config(data).problems()
 
 
