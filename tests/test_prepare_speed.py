@@ -19,7 +19,7 @@ from huatuo.data.prepare import prepare
 from huatuo.data.settings import PackingSettings, sources_from_config
 from huatuo.data.tokenizer_cache import CachedTokenizer, cache_key, prepare_tokenizer
 from huatuo.data.tokens import ChunkEncoder, tokenize_sources
-from tests.helpers import ROOT, run_script
+from tests.helpers import BAICHUAN_TOKENIZER, ROOT, run_script
 
 QUESTIONS = ["头痛发热三天了怎么办？", "高血压患者可以喝咖啡吗？", "孩子咳嗽有痰，需要吃药吗？", "胃痛反酸该挂什么科？"]
 ANSWERS = [
@@ -183,3 +183,34 @@ def test_file_digests_are_remembered_until_a_file_changes(tmp_path, monkeypatch)
     assert again.digest(data) != value and hashed == [data]  # changed: hashed again
     store.write_text("{damaged")
     assert fingerprint_module.FileDigests(store).digest(data) == real(data)
+
+
+@pytest.mark.skipif(not BAICHUAN_TOKENIZER.is_file(), reason="needs ../shared/assets/baichuan2/tokenizer.model")
+def test_sentencepiece_encodes_the_rebuilt_baichuan2_tokenizer_to_the_same_rows(tmp_path):
+    from huatuo.models.loading import load_tokenizer
+
+    folder = tmp_path / "baichuan2"
+    folder.mkdir()
+    shutil.copyfile(BAICHUAN_TOKENIZER, folder / "tokenizer.model")
+    tokenizer = load_tokenizer(str(folder), from_sentencepiece=True)
+    assert tokenizer.huatuo_sentencepiece_model == str(folder / "tokenizer.model")
+    conversations = [[q, a] for q in QUESTIONS for a in ANSWERS]
+    conversations += [
+        ["含有</s>和<s>的问题", "答案<unk>结束"],
+        ["a\r\nb\t c", "  多个  空格 ，１２３ｍｇ"],
+        ["emoji 😀", "龘"],
+    ]
+    fast = ConversationEncoder(tokenizer, 4096)
+    rust = ConversationEncoder(tokenizer, 4096)
+    rust._sentencepiece = None
+    assert fast._sentencepiece is not None and set(fast._specials) >= {"</s>", "<s>", "<unk>"}
+    for batch in (conversations[:-3], conversations):  # without, then with special-token strings in the chunk
+        a, b = fast.encode_flat(batch), rust.encode_flat(batch)
+        assert (a.input_ids == b.input_ids).all() and (a.labels == b.labels).all() and (a.offsets == b.offsets).all()
+    node = {"_target_": "huatuo.models.loading.load_tokenizer", "path": str(folder), "from_sentencepiece": True}
+    prepare_tokenizer(node, tmp_path / "cache")
+    cached = prepare_tokenizer(node, tmp_path / "cache")
+    assert isinstance(cached, CachedTokenizer) and Path(cached.huatuo_sentencepiece_model).is_file()
+    again = ConversationEncoder(cached, 4096).encode_flat(conversations)
+    assert (again.input_ids == fast.encode_flat(conversations).input_ids).all()
+    assert tokenizer_digest(cached) == tokenizer_digest(tokenizer)

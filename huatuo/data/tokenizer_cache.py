@@ -23,12 +23,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from huatuo.core.assets import PACKAGE_DIR
 from huatuo.core.logs import get_logger
 
 log = get_logger(__name__)
 
-CACHE_VERSION = 1  # bump when what is saved changes
+CACHE_VERSION = 2  # bump when what is saved changes
 LOADER = "huatuo.models.loading.load_tokenizer"
+_CONVERSION_CODE = ("models/loading.py", "models/sentencepiece.py")
 _TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer.model",
@@ -52,6 +54,7 @@ class CachedTokenizer:
     bos_token_id: int | None
     huatuo_digest: str  # huatuo.data.fingerprint.tokenizer_digest of the tokenizer it was saved from
     source: str  # the class it was saved from, for messages
+    huatuo_sentencepiece_model: str | None = None  # a copy of its tokenizer.model when it encodes exactly as it
 
 
 def cache_key(node: dict[str, Any]) -> str | None:
@@ -69,7 +72,9 @@ def cache_key(node: dict[str, Any]) -> str | None:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
     settings = {k: v for k, v in node.items() if k not in ("_target_", "path")}
-    versions = [_version("transformers"), _version("tokenizers"), CACHE_VERSION]
+    versions = [_version("transformers"), _version("tokenizers"), _version("sentencepiece"), CACHE_VERSION]
+    for module in _CONVERSION_CODE:  # huatuo's own conversion (the Baichuan2/Yi rebuild) is part of the tokenizer
+        versions.append(hashlib.blake2b((PACKAGE_DIR / module).read_bytes(), digest_size=8).hexdigest())
     digest.update(json.dumps([settings, versions], sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
@@ -97,6 +102,7 @@ def load_cached(folder: Path) -> CachedTokenizer | None:
         bos_token_id=meta["bos_token_id"],
         huatuo_digest=meta["digest"],
         source=meta["source"],
+        huatuo_sentencepiece_model=str(folder / "tokenizer.model") if meta.get("sentencepiece") else None,
     )
 
 
@@ -111,7 +117,11 @@ def save(tokenizer: Any, folder: Path) -> None:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     backend.save(str(partial / "tokenizer.json"))
+    model = getattr(tokenizer, "huatuo_sentencepiece_model", None)
+    if model:
+        shutil.copyfile(model, partial / "tokenizer.model")
     meta = {
+        "sentencepiece": bool(model),
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
         "bos_token_id": tokenizer.bos_token_id,

@@ -128,6 +128,9 @@ def sentencepiece_tokenizer(path: str, remote_class: str | None = None, revision
         tokenizer = TokenizersBackend(
             tokenizer_object=backend, name_or_path=path, vocab_file=model_file, **{**kept, **specials, **settings}
         )
+        # Encodes exactly as sentencepiece with this file does (but for special-token strings): the prepare stage
+        # may use sentencepiece itself, which is faster (huatuo.data.encoder).
+        tokenizer.huatuo_sentencepiece_model = str(model_file)
     for key in _REMOTE_ONLY_KEYS:
         tokenizer.init_kwargs.pop(key, None)
     log.info("%s: tokenizer rebuilt from tokenizer.model (%s, no remote code)", path, remote_class or "SentencePiece")
