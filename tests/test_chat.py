@@ -21,10 +21,11 @@ from huatuo.core.errors import ConversationError, ModelLoadError
 from huatuo.core.template import CHAT_TEMPLATE, build_prompt
 from huatuo.inference.chat import ContextTooLong, HuatuoChat
 from huatuo.inference.generation import GenerationSettings
-from huatuo.inference.loading import LoadedModel, context_length, load_for_inference
+from huatuo.inference.loading import LoadedModel, load_for_inference
 from huatuo.inference.session import ChatSession, run
 from huatuo.inference.streaming import ReplyStreamer
 from huatuo.inference.validation import chat_config_problems
+from huatuo.models.loading import context_length
 from tests.chat_models import CHATML_TEMPLATE, HUATUO_LOOKALIKE_TEMPLATE, export_checkpoint, with_template
 from tests.helpers import BAICHUAN_TOKENIZER, compose_config
 from tests.servers import make_tiny_checkpoint

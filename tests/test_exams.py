@@ -131,7 +131,8 @@ def test_json_list_with_nfkc_normalisation_and_empty_options_dropped(tmp_path):
     assert first.question == "下列关于药物的说法,正确的是( )"
     assert list(first.options) == ["A", "B", "C", "D"]  # E was empty: dropped, and not shown in the prompt
     assert first.answer == "AC" and first.multi and first.answer_count == 2
-    assert first.dataset == "pharm" and first.uid == f"pharm/{path}:0"
+    # the folders are left out of the uid: any spelling of the path gives the same one
+    assert first.dataset == "pharm" and first.uid == f"pharm/{path.name}:0"
     assert second.answer == "B" and not second.multi and second.question_type is None
 
 
@@ -335,3 +336,16 @@ def test_duplicate_ids_across_files_fall_back_to_file_and_index(tmp_path):
     write_json(folder / "b.json", [record])
     exam = load_exam(folder, dataset="same")
     assert len({q.uid for q in exam.questions}) == 2
+
+
+def test_a_question_without_an_id_gets_the_same_uid_whatever_the_paths_spelling(tmp_path, monkeypatch):
+    record = {"question": "q", "option": {"A": "x", "B": "y"}, "answer": "A"}
+    path = write_json(tmp_path / "exam.json", [record])
+    monkeypatch.chdir(tmp_path)
+    absolute = load_exam(path).questions[0].uid
+    relative = load_exam("exam.json").questions[0].uid
+    assert absolute == relative == "exam/exam.json:0"
+    for sub in ("one", "two"):  # the same file name in two folders: still told apart
+        (tmp_path / "both" / sub).mkdir(parents=True)
+        write_json(tmp_path / "both" / sub / "exam.json", [record])
+    assert len({q.uid for q in load_exam(tmp_path / "both", dataset="d").questions}) == 2

@@ -448,3 +448,12 @@ def test_judge_against_transformers_serve_reports_parse_failures(tmp_path, monke
     captured = capsys.readouterr()
     for text in [*(p.read_text(errors="ignore") for p in run.rglob("*") if p.is_file()), captured.out, caplog.text]:
         assert SECRET not in text
+
+
+def test_a_changed_judge_setting_means_a_new_judgment():
+    from huatuo.evaluation.judge import fingerprint
+
+    base = fingerprint("prompt", "gpt-4o", "rubric", {"temperature": 0.0, "max_tokens": 1024})
+    assert base == fingerprint("prompt", "gpt-4o", "rubric", {"max_tokens": 1024, "temperature": 0.0})
+    assert base != fingerprint("prompt", "gpt-4o", "rubric", {"temperature": 0.7, "max_tokens": 1024})
+    assert base != fingerprint("prompt", "gpt-4o", "other rubric", {"temperature": 0.0, "max_tokens": 1024})

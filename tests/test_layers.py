@@ -11,6 +11,16 @@ from tests.helpers import ROOT
 
 PACKAGE = ROOT / "huatuo"
 LAYERS = {"core": 0, "models": 1, "data": 2, "unify": 2, "inference": 2, "training": 3, "evaluation": 4}
+# What each stage may import besides itself (docs/architecture.md's table); the commands may import anything.
+ALLOWED = {
+    "core": set(),
+    "models": {"core"},
+    "data": {"core", "models"},
+    "unify": {"core", "models"},
+    "inference": {"core", "models"},
+    "training": {"core", "models", "data"},
+    "evaluation": {"core", "models", "data", "unify", "inference", "training"},
+}
 COMMAND_LAYER = 5  # huatuo/<command>.py and huatuo/unify/__main__.py
 COMMANDS = {"train", "prepare", "evaluate", "chat", "plan", "mini", "decontaminate"}
 
@@ -51,19 +61,27 @@ def resolve(name: str) -> str:
     return name
 
 
+def violation(importer: str, imported: str) -> str | None:
+    """Why ``importer`` may not import ``imported``, or None."""
+    imported = resolve(imported)
+    own, target = layer(importer), layer(imported)
+    if own is None or target is None or imported.split(".")[:2] == importer.split(".")[:2]:
+        return None
+    if target >= own:
+        return f"{importer} (layer {own}) imports {imported} (layer {target})"
+    stage, other = importer.split(".")[1], imported.split(".")[1]
+    if own != COMMAND_LAYER and other in LAYERS and other not in ALLOWED[stage]:
+        return f"{stage} may not import {other} ({importer} imports {imported})"
+    return None
+
+
 def test_every_import_points_downwards():
     wrong = []
     for path in sorted(PACKAGE.rglob("*.py")):
         importer = module_name(path)
-        own = layer(importer)
-        if own is None:
-            continue
         for line, imported in huatuo_imports(path):
-            imported = resolve(imported)
-            target = layer(imported)
-            same_stage = imported.split(".")[:2] == importer.split(".")[:2]
-            if target is not None and not same_stage and target >= own:
-                wrong.append(f"{path.relative_to(ROOT)}:{line}: {importer} (layer {own}) imports {imported} ({target})")
+            if problem := violation(importer, imported):
+                wrong.append(f"{path.relative_to(ROOT)}:{line}: {problem}")
     assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
 
 
@@ -73,6 +91,11 @@ def test_the_checker_sees_a_wrong_import(tmp_path):
     assert huatuo_imports(bad) == [(2, "huatuo.training.run")]
     assert layer("huatuo.training.run") > layer("huatuo.data.prepare")
     assert layer("huatuo.unify.__main__") == COMMAND_LAYER and layer("huatuo.train") == COMMAND_LAYER
+    assert violation("huatuo.data.prepare", "huatuo.training.run")  # upwards
+    assert violation("huatuo.data.tokens", "huatuo.inference.loading")  # sideways
+    assert violation("huatuo.training.export", "huatuo.inference.loading")  # down, but not in the table
+    assert violation("huatuo.evaluation.suites", "huatuo.inference.loading") is None
+    assert violation("huatuo.train", "huatuo.evaluation.run") is None
 
 
 def test_every_stage_is_a_subpackage_and_the_root_holds_only_commands():

@@ -160,7 +160,8 @@ def test_workers_take_their_encoder_from_the_parent(tmp_path, tiny_tokenizer):
     with ChunkEncoder(encoder, 2, "process") as chunks:
         conversations = [[q, a] for q in QUESTIONS for a in ANSWERS]
         batches = list(chunks.map(iter([(["x"] * len(conversations), conversations)] * 3)))
-    assert tokens_module._worker_encoder is encoder
+        assert tokens_module._worker_encoder is encoder
+    assert tokens_module._worker_encoder is None  # released with the pool
     expected = encoder.encode_flat(conversations)
     assert all((b.input_ids == expected.input_ids).all() for _, b in batches)
 

@@ -36,7 +36,19 @@ SINGLE_CASES = [
     # misses: no rule can read an answer (never guessed)
     ("", "", None),
     ("这个问题需要结合临床具体分析。", "", None),
-    ("A选项错误，B选项也错误，C正确。", "", None),  # several different bare letters: ambiguous
+    ("A选项错误，B选项也错误，C正确。", "C", "letters"),  # the rejected letters count for nothing
+    # letters and option texts the reply rejects count for nothing: alone, they are a miss, never the answer
+    ("答案不是A", "", None),
+    ("C不是正确答案", "", None),
+    ("A项错误。", "", None),
+    ("不应选A", "", None),
+    ("排除A。", "", None),
+    ("选项A不正确", "", None),
+    ("The answer is not A.", "", None),
+    ("A is wrong.", "", None),
+    ("鱼精蛋白不对", "", None),  # a rejected option text
+    ("答案不是A，而是C。", "C", "letters"),
+    ("维生素K不对，应使用鱼精蛋白。", "C", "option_text"),
     ("维生素K和鱼精蛋白都可以考虑。", "", None),  # two option texts for a single-answer question
     ("请回答下面选择题。A. 维生素K B. 氨甲环酸 C. 鱼精蛋白 D. 酚磺乙胺 E. 垂体后叶素", "", None),  # an echo
     ("B超和CT检查无助于此题。", "", None),  # B超 is an ultrasound, CT is not an option run

@@ -266,3 +266,13 @@ def test_transformers_serve_gives_the_letters_of_in_process_generation(tmp_path)
     )
     evaluate(plain)
     assert {u: r["reply"] for u, r in rows("plain").items()} != {u: r["reply"] for u, r in there.items()}
+
+
+def test_a_reply_is_keyed_by_the_server_and_every_setting_sent():
+    from huatuo.evaluation.serving import fingerprint
+
+    messages = [{"role": "user", "content": "q"}]
+    base = fingerprint("m", messages, {"temperature": 0.5}, "http://127.0.0.1:8000/v1")
+    assert base != fingerprint("m", messages, {"temperature": 0.5}, "http://127.0.0.1:8001/v1")
+    assert base != fingerprint("m", messages, {"temperature": 0.7}, "http://127.0.0.1:8000/v1")
+    assert base == fingerprint("m", list(messages), {"temperature": 0.5}, "http://127.0.0.1:8000/v1")

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from huatuo.core.errors import DataError, HuatuoError, preview
+from huatuo.core.logs import get_logger
+
+log = get_logger(__name__)
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -113,16 +116,61 @@ def write_json(data: Any, path: str | Path) -> Path:
     return path
 
 
+def drop_torn_tail(path: Path) -> int:
+    """Make ``path`` end with a whole line before records are appended; returns the bytes cut.
+
+    A last line without its newline that reads as JSON (a file written by hand or by another tool) is kept and
+    given its newline. One that does not is a write cut short by a kill: its record is unfinished, so it is cut off
+    (and logged), and the next record starts a line of its own instead of being glued to it.
+    """
+    if not path.is_file():
+        return 0
+    with path.open("rb+") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return 0
+        end = size
+        while end > 0:  # back to the last newline, a block at a time
+            start = max(0, end - (1 << 16))
+            handle.seek(start)
+            block = handle.read(end - start)
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                end = start + cut + 1
+                break
+            end = start
+        handle.seek(end)
+        tail = handle.read()
+        try:
+            json.loads(tail.removeprefix(_BOM) if end == 0 else tail)
+        except ValueError:  # not JSON, or not UTF-8
+            handle.truncate(end)
+        else:
+            handle.write(b"\n")
+            return 0
+    log.warning(
+        "%s: cut an unfinished last line (%d bytes, a write cut short); its record is done again", path, size - end
+    )
+    return size - end
+
+
 class JsonlAppender:
     """Appends records as JSON lines, each with one ``write`` (then ``fsync``): a kill can tear only the last line.
 
-    Thread-safe: appends from worker threads land one whole line at a time.
+    When the file is opened, a torn last line left by an earlier kill is cut off (its record is unfinished; readers
+    skip it) and a whole last record without its newline gets one (``drop_torn_tail``), so the next record starts a
+    line of its own instead of being glued to the last and lost. Thread-safe:
+    appends from worker threads land one whole line at a time.
     """
 
     def __init__(self, path: str | Path, fsync: bool = True) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
+        drop_torn_tail(self.path)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._lock = threading.Lock()
 

@@ -127,7 +127,8 @@ def normalized_code_points(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray
     source = np.repeat(np.arange(len(raw)), lengths)
     out = flat[start[capped][source] + (np.arange(int(ends[-1])) - begins[source])]
     out[begins[high]] = raw[high]
-    starts = np.r_[begins[raw_starts[:-1]], ends[-1] + 1].astype(np.int64)
+    # an empty last text starts where the joined text ends: one position past the last code point
+    starts = np.r_[np.r_[begins, ends[-1]][raw_starts[:-1]], ends[-1] + 1].astype(np.int64)
     return out, starts
 
 

@@ -99,6 +99,7 @@ class ConversationEncoder:
         self._plain = None  # a copy of the backend without truncation and padding, made when needed
         self._lock = threading.Lock()
         self._sentencepiece, self._specials = _sentencepiece(tokenizer, backend)
+        self.sentencepiece_threads = -1  # every core; a worker process of a pool sets 1
         self.marker_ids = np.asarray(self._encode([GENERATION_MARKER])[0], dtype=np.int32)
         first_user = self._encode([USER_PREFIX + "x"])[0]
         self.min_len = len(first_user) + len(self.marker_ids) + 2  # question, marker, one answer token, </s>
@@ -110,7 +111,7 @@ class ConversationEncoder:
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         if self._sentencepiece is not None and not any(s in t for t in texts for s in self._specials):
-            return self._sentencepiece.encode(texts, num_threads=-1)  # C++, every core, GIL released
+            return self._sentencepiece.encode(texts, num_threads=self.sentencepiece_threads)  # C++, GIL released
         if self._backend is None:
             return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         backend = self._backend

@@ -104,6 +104,7 @@ _worker_encoder: ConversationEncoder | None = None  # set in the parent just bef
 
 
 def _encode_in_worker(conversations: list[list[str]]) -> EncodedBatch:
+    _worker_encoder.sentencepiece_threads = 1  # this process is one of num_proc: one core each
     return _worker_encoder.encode_flat(conversations)
 
 
@@ -173,9 +174,12 @@ class ChunkEncoder:
 
     def close(self) -> None:
         """Stop the workers (idempotent)."""
+        global _worker_encoder
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if _worker_encoder is self.encoder:
+            _worker_encoder = None  # the tokenizer is not kept alive by a finished pool
 
     def __enter__(self) -> ChunkEncoder:
         return self

@@ -46,6 +46,7 @@ from huatuo.evaluation.exams import (
     RecordError,
     first_field,
     normalize_text,
+    portable,
     record_to_question,
 )
 
@@ -223,7 +224,15 @@ def _check_unique(exam: Exam) -> None:
     # Duplicate ids (several files of one dataset) would merge rows in the report: fall back to file:index.
     counts = Counter(q.uid for q in exam.questions)
     if any(n > 1 for n in counts.values()):
-        exam.questions = [q if counts[q.uid] == 1 else _with_uid(q, f"{q.dataset}/{q.source}") for q in exam.questions]
+        exam.questions = [
+            q if counts[q.uid] == 1 else _with_uid(q, f"{q.dataset}/{portable(q.source)}") for q in exam.questions
+        ]
+        counts = Counter(q.uid for q in exam.questions)
+        # the same file name in two folders: only the full path tells them apart
+        if any(n > 1 for n in counts.values()):
+            exam.questions = [
+                q if counts[q.uid] == 1 else _with_uid(q, f"{q.dataset}/{q.source}") for q in exam.questions
+            ]
 
 
 def _with_uid(question: Question, uid: str) -> Question:

@@ -18,6 +18,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from huatuo.core.errors import DataError
@@ -207,6 +208,15 @@ def written_text(record: Mapping) -> Written:
     return Written(_as_written(question), None if type_key is None else _as_written(record[type_key]), options)
 
 
+def portable(source: str) -> str:
+    """``file:index`` with the file's folders left out (hub locations as they are): a question's id without its own
+    must not depend on how the path was spelled (relative, absolute, moved), or a contamination report made with one
+    spelling would flag nothing in an evaluation run with another."""
+    if "://" in source:
+        return source
+    return Path(source).name
+
+
 def record_to_question(
     record: Any,
     source: str,
@@ -236,7 +246,7 @@ def record_to_question(
     source_id = normalize_text(source_id)
     multi = len(answer) > 1 or any(marker in (question_type or "") for marker in _MULTI_TYPES)
     return Question(
-        uid=f"{dataset}/{source_id or source}",
+        uid=f"{dataset}/{source_id or portable(source)}",
         dataset=dataset,
         subject=record_subject or subject,
         question_type=question_type,

@@ -66,7 +66,6 @@ class JudgeSettings:
 
     rule: Rule = "sum"
     parse_retries: int = 2  # extra requests when a reply has no readable verdict
-    params: dict[str, Any] = field(default_factory=dict)  # sampling params sent with every judge request
     rubric: Rubric = field(default_factory=Rubric)  # ours, or a user's file (eval.judge.prompt_file)
 
 
@@ -133,9 +132,11 @@ def judge_prompt(item: JudgeItem, order: str, rubric: Rubric | None = None) -> s
     return fill(rubric.template(multi_turn=True), values)
 
 
-def fingerprint(prompt: str, judge_model: str, rubric: str = "") -> str:
-    """Identifies what was judged: a changed answer, rubric template or judge model means a new judgment."""
-    return hashlib.sha256(f"{judge_model}\n{rubric}\n{prompt}".encode()).hexdigest()[:16]
+def fingerprint(prompt: str, judge_model: str, rubric: str = "", params: Mapping[str, Any] | None = None) -> str:
+    """Identifies what was judged: a changed answer, rubric template, judge model or request setting (temperature,
+    max_tokens) means a new judgment."""
+    settings = json.dumps(dict(params or {}), sort_keys=True, default=str)
+    return hashlib.sha256(f"{judge_model}\n{settings}\n{rubric}\n{prompt}".encode()).hexdigest()[:16]
 
 
 def read_judgments(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -155,7 +156,7 @@ async def _judge_one(
     reply, error = "", None
     for attempt in range(1, settings.parse_retries + 2):
         try:
-            result = await client.chat([{"role": "user", "content": prompt}], **settings.params)
+            result = await client.chat([{"role": "user", "content": prompt}])  # eval.judge.params via the client
         except EndpointError as err:
             return None, reply, attempt, f"endpoint: {err.kind}"
         reply = result.text
@@ -183,7 +184,7 @@ async def judge_pairs(
         template = settings.rubric.template(multi_turn=len(item.turns) > 1)
         for order in ORDERS:
             prompt = judge_prompt(item, order, settings.rubric)
-            key, print_ = f"{item.id}|{order}", fingerprint(prompt, judge_model, template)
+            key, print_ = f"{item.id}|{order}", fingerprint(prompt, judge_model, template, client.settings.params)
             old = done.get(key)
             if old and old.get("verdict") and old.get("fingerprint") == print_:
                 continue

@@ -22,6 +22,10 @@ bare letters, and no guessing.
    only take one-letter runs. The reply must name exactly one distinct such run: several different ones are
    ambiguous.
 
+In rules 2 and 3 a letter or option text the reply rejects counts for nothing: ``不是A``, ``不应选A``, ``排除A``,
+``A项错误``, ``C不对``, ``维生素C不正确``, "not A", "A is wrong". ``A错误，B错误，C对`` reads C; ``答案不是A`` alone is
+a miss.
+
 A **hedge** makes the reply a miss whatever the rules read: letters offered as alternatives (``A或C``, ``A还是C``,
 "A or C") or a second answer held open (``也可能是C``, "or possibly C"), after the answer phrase that would have
 decided (before it, it is reasoning) or anywhere in a reply without one. ``A或B都不对`` is no hedge.
@@ -63,6 +67,19 @@ _CLAUSE_END = r"(?=(?:项|选项)?\s*(?:$|[。.;!?\n)\]】*,:]))"
 _WORD_EDGE = r"(?![A-Za-z0-9])"
 _NOT_LETTER_USE = "超型"  # B超 (ultrasound), A型 (blood type): letters that are not answers
 _NEGATED = r"(?!\s*(?:都|均|皆|也)?\s*(?:不|错|非|无))"  # "A或B都不对" rules options out; it offers no choice
+# A letter or option text that the reply rejects ("不是A", "排除A", "A项错误", "维生素C不对", "not A") names no answer.
+_REJECTED_BEFORE = re.compile(
+    r"(?:不是|不选|不应该?选|不该选|不能选|不可选|排除|并非|而非|(?<![A-Za-z])(?i:not|isn't|except))\s*(?:选项|选)?\s*$"
+)
+_REJECTED_AFTER = re.compile(
+    r"^\s*(?:项|选项)?\s*(?:是|为|也|都|均)?\s*(?:不正确|错误|不对|不符合?|有误|不选|不是正确|不是答案|错(?!过)"
+    r"|(?i:(?:is|are)\s+(?:wrong|incorrect|not\s+(?:correct|right|the\s+answer))|incorrect\b|wrong\b))"
+)
+
+
+def _rejected(text: str, start: int, end: int) -> bool:
+    """Whether the reply rejects what it names at ``text[start:end]`` (before or right after it)."""
+    return bool(_REJECTED_BEFORE.search(text[max(0, start - 8) : start]) or _REJECTED_AFTER.match(text[end : end + 24]))
 
 
 @dataclass(frozen=True)
@@ -156,7 +173,7 @@ def _option_text_letters(reply: str, options: Mapping[str, str], multi: bool) ->
     for letter, text in options.items():
         if len(re.sub(r"\W", "", text)) < 2:  # one-character options ("是", "钙") match too much by chance
             continue
-        positions = [m.start() for m in re.finditer(re.escape(text), reply)]
+        positions = [m.start() for m in re.finditer(re.escape(text), reply) if not _rejected(reply, m.start(), m.end())]
         if positions:
             spans[letter] = [(p, p + len(text)) for p in positions]
     kept = {}
@@ -181,6 +198,8 @@ def _bare_letters(reply: str, p: _Patterns, multi: bool) -> tuple[str | None, bo
     runs = set()
     for match in p.bare.finditer(reply):
         run = match.group(1)
+        if _rejected(reply, match.start(1), match.end(1)):
+            continue
         if len(set(run)) != len(run) or run != "".join(sorted(run)):
             continue
         if not multi and len(run) != 1:

@@ -13,6 +13,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from huatuo.core.logs import get_logger
+
+log = get_logger(__name__)
+
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of a proportion (stays inside [0, 1] for small n)."""
@@ -88,6 +92,14 @@ def clean_subset(rows: Sequence[dict[str, Any]], flagged: set[str], report: str)
         row["contaminated"] = row["uid"] in flagged
     clean = tally(r for r in rows if not r["contaminated"])
     contaminated = tally(r for r in rows if r["contaminated"])
+    if flagged and not contaminated["n"]:
+        log.warning(
+            "contamination report %s flags %d question(s) of this suite but none of them is among the %d scored here: "
+            "is it a report for another suite, or were the questions renumbered?",
+            report,
+            len(flagged),
+            len(rows),
+        )
     return {
         **clean,
         "report": report,

@@ -89,11 +89,12 @@ def request_params(generation: Mapping[str, Any], penalty_field: PenaltyField, s
     return params
 
 
-def fingerprint(model: str, messages: Sequence[Mapping[str, str]], params: Mapping[str, Any]) -> str:
-    """Identifies one request: a changed prompt, model or setting means a new reply."""
-    text = json.dumps(
-        {"model": model, "messages": list(messages), "params": params}, sort_keys=True, ensure_ascii=False
-    )
+def fingerprint(
+    model: str, messages: Sequence[Mapping[str, str]], params: Mapping[str, Any], base_url: str | None = None
+) -> str:
+    """Identifies one request: a changed prompt, model, server or setting means a new reply."""
+    request = {"model": model, "messages": list(messages), "params": params, "base_url": base_url}
+    text = json.dumps(request, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -119,7 +120,8 @@ async def _serve(
     done = read_replies(path)
     out, pending = ServedReplies(), []
     for request in requests:
-        stamp = fingerprint(model, request.messages, params)
+        # what the client really sends: its endpoint.params under this call's; and where it sends it
+        stamp = fingerprint(model, request.messages, {**client.settings.params, **params}, client.settings.base_url)
         old = done.get(request.key)
         if old and old.get("fingerprint") == stamp and isinstance(old.get("reply"), str):
             out.texts[request.key] = old["reply"]

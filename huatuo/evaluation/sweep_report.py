@@ -103,6 +103,10 @@ def write_sweep_report(sweep_dir: Path, command: str) -> Path | None:
             "- trials whose intervals overlap the best one's are not told apart by this exam: confirm on a larger "
             "suite (or more seeds) before trusting the order"
         )
+        lines.append(
+            "- the best score is optimistic: it was chosen for being the highest on this exam; report the final "
+            "number on questions the search did not see (another suite, or a held-out part of this one)"
+        )
     if len(trials) > len(scored):
         lines.append(f"- {len(trials) - len(scored)} trial(s) without a score (failed before evaluating)")
     lines += [

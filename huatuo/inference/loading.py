@@ -19,7 +19,7 @@ from huatuo.core.errors import ConfigError, ModelLoadError
 from huatuo.core.logs import get_logger
 from huatuo.core.template import CHAT_TEMPLATE, build_prompt
 from huatuo.inference.validation import device_problem, model_path_problem
-from huatuo.models.loading import load_tokenizer, resolve_dtype
+from huatuo.models.loading import context_length, load_tokenizer, resolve_dtype
 from huatuo.models.released import load_causal_lm
 
 log = get_logger(__name__)
@@ -27,10 +27,6 @@ log = get_logger(__name__)
 Quantize = Literal["4bit", "8bit"] | None
 PromptFormat = Literal["auto", "huatuo", "template"]
 
-# Config keys that hold a model's context length, by family (Llama/Yi, GPT-2, Baichuan2-13B/ALiBi, others).
-CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "model_max_length", "max_sequence_length", "seq_length")
-# Tokenizers without a configured length report a huge sentinel (int(1e30)); anything above this is "unset".
-UNSET_LENGTH = 10_000_000
 _PROBE = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"}]
 
 
@@ -57,21 +53,6 @@ def quantization_config(quantize: Quantize, compute_dtype: torch.dtype):
     if quantize == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     raise ConfigError(f"quantize={quantize!r}: use 4bit, 8bit or null")
-
-
-def context_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int | None:
-    """The longest sequence the model handles: the smaller of the tokenizer's and the model config's limits."""
-    limits = []
-    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < UNSET_LENGTH:
-        limits.append(tokenizer_limit)
-    config = getattr(model, "config", None)
-    for key in CONTEXT_KEYS:
-        value = getattr(config, key, None)
-        if isinstance(value, int) and 0 < value < UNSET_LENGTH:
-            limits.append(value)
-            break
-    return min(limits) if limits else None
 
 
 @dataclass

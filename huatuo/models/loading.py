@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 HUB_NAME = re.compile(r"^[\w.-]+/[\w.-]+$")  # org/name
+# Config keys that hold a model's context length, by family (Llama/Yi, GPT-2, Baichuan2-13B/ALiBi, others).
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "model_max_length", "max_sequence_length", "seq_length")
+# Tokenizers without a configured length report a huge sentinel (int(1e30)); anything above this is "unset".
+UNSET_LENGTH = 10_000_000
 
 # Config spellings of the floating dtypes, by torch attribute name.
 DTYPES = {
@@ -152,3 +156,18 @@ def load_model(
         model.activation_checkpointing_enable({"use_reentrant": False})
         model.config.use_cache = False
     return model
+
+
+def context_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The longest sequence the model handles: the smaller of the tokenizer's and the model config's limits."""
+    limits = []
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < UNSET_LENGTH:
+        limits.append(tokenizer_limit)
+    config = getattr(model, "config", None)
+    for key in CONTEXT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and 0 < value < UNSET_LENGTH:
+            limits.append(value)
+            break
+    return min(limits) if limits else None

@@ -17,7 +17,7 @@ from transformers import GenerationConfig, PreTrainedModel
 
 from huatuo.core.logs import get_logger
 from huatuo.core.template import CHAT_TEMPLATE
-from huatuo.inference.loading import context_length
+from huatuo.models.loading import context_length
 
 log = get_logger(__name__)
 
