@@ -1,14 +1,16 @@
 """JSON Lines: reading with a location for every record, writing, and crash-safe appending.
 
-Every reader in huatuo (training sources, corpus passages, exams, answer and judgment files) goes through
-``iter_jsonl``: blank lines carry no record, a UTF-8 byte-order mark is harmless, and a line that is not JSON (or not
-UTF-8) comes back as a ``BadLine`` with its reason, so the caller decides whether it is an error or a counted skip.
+Every reader in huatuo (training sources, corpus passages, exams, answer and judgment files, the row ledger) goes
+through ``iter_jsonl``: blank lines carry no record, a UTF-8 byte-order mark is harmless, and a line that is not JSON
+(or not UTF-8) comes back as a ``BadLine`` with its reason, so the caller decides whether it is an error or a counted
+skip.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -25,19 +27,48 @@ _BOM = b"\xef\xbb\xbf"
 
 @dataclass(frozen=True)
 class BadLine:
-    """A line that could not be read as one JSON value: the kind of problem and the detail with its fix."""
+    """A line that could not be read as one JSON value: the kind of problem and the detail with its fix.
 
-    kind: str  # "invalid UTF-8" | "malformed JSON"
+    The detail carries no location: every caller puts its own ``file:line:`` first, so it is never said twice.
+    """
+
+    kind: str  # "invalid UTF-8" | "malformed JSON" | "invalid text"
     detail: str
     torn: bool = False  # the file's last line, without its newline: a write cut short by a kill
 
 
-def utf8_problem(path: str | Path, line: int, column: int, bad: bytes) -> str:
+def utf8_problem(column: int, bad: bytes) -> str:
     """The message for bytes that are not UTF-8, with the usual fix (files exported from Windows tools: GB18030)."""
     return (
-        f"{path}:{line}: not valid UTF-8 (bytes {bad[:4]!r} at byte {column} of the line); re-encode the file as "
+        f"not valid UTF-8 (bytes {bad[:4]!r} at byte {column} of the line); re-encode the file as "
         "UTF-8, e.g. iconv -f GB18030 -t UTF-8 in.jsonl > out.jsonl"
     )
+
+
+# A \uXXXX escape of half a surrogate pair: valid JSON, but no character (tokenizers and UTF-8 writers fail on it).
+_LONE_SURROGATE = re.compile(
+    r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def lone_surrogate(value: Any, text: str) -> str | None:
+    """Why ``value``, parsed from ``text``, holds no proper text (a lone surrogate escape), or None.
+
+    Only text with such an escape is looked at twice, so well-formed files pay one substring search.
+    """
+    if "\\ud" not in text and "\\uD" not in text:
+        return None
+    try:
+        dumps(value).encode("utf-8")
+    except UnicodeEncodeError:
+        found = _LONE_SURROGATE.search(text)
+        escape = found.group(0) if found else "a \\uD800-\\uDFFF escape"
+        return (
+            f"{escape} is half of a surrogate pair, not a character (the tool that wrote it cut a character in two); "
+            "fix or remove it"
+        )
+    return None
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
@@ -51,16 +82,21 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                yield number, BadLine("invalid UTF-8", utf8_problem(path, number, err.start, raw[err.start :]), torn)
+                yield number, BadLine("invalid UTF-8", utf8_problem(err.start, raw[err.start :]), torn)
                 continue
             if not line.strip():
                 continue
             try:
-                yield number, json.loads(line)
+                value = json.loads(line)
             except json.JSONDecodeError as err:
                 text = line.rstrip("\r\n")
                 detail = f"{err.msg} at column {min(err.pos, len(text)) + 1}; fix the line (one JSON value per line)"
                 yield number, BadLine("malformed JSON", f"{detail}; value: {preview(text)}", torn)
+                continue
+            if problem := lone_surrogate(value, line):
+                yield number, BadLine("invalid text", problem, torn)
+                continue
+            yield number, value
 
 
 def read_jsonl(
@@ -75,22 +111,66 @@ def read_jsonl(
         if isinstance(value, BadLine):
             if allow_torn_tail and value.torn:
                 break
-            detail = value.detail if value.detail.startswith(str(path)) else f"{path}:{number}: {value.detail}"
-            raise error(f"{detail}; fix or delete the line")
+            raise error(f"{path}:{number}: {value.kind}: {value.detail}")
         records.append((number, value))
     return records
 
 
-def parse_jsonl(text: str, source: str | Path, error: type[HuatuoError] = DataError) -> list[Any]:
-    """The records of JSON Lines already read into memory; a bad line raises ``error`` naming ``source:line``."""
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise error(f"{source}:{number}: not valid JSON ({err}); fix or delete the line") from None
-    return records
+def read_utf8(path: str | Path, error: type[HuatuoError] = DataError) -> str:
+    """A whole file as text (a byte-order mark dropped); bytes that are not UTF-8 raise ``error`` at ``file:line``."""
+    raw = Path(path).read_bytes().removeprefix(_BOM)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1)
+        raise error(f"{path}:{line}: {utf8_problem(column, raw[err.start :])}") from None
+
+
+def read_json_records(path: str | Path, error: type[HuatuoError] = DataError) -> Any:
+    """The contents of a ``.jsonl`` file (a list of records) or of any other file as one JSON document.
+
+    A ``.json`` file holding one object per line (MedMCQA ships its files so) is read as JSON Lines. Every problem
+    raises ``error`` naming the file and line: a line that is not JSON or bytes that are not UTF-8.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".jsonl":
+        return [record for _, record in read_jsonl(path, error)]
+    text = read_utf8(path, error)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        if err.msg == "Extra data":  # one value per line: JSON Lines under a .json name
+            return [record for _, record in read_jsonl(path, error)]
+        raise error(
+            f"{path}:{err.lineno}: not valid JSON ({err.msg} at column {err.colno}); fix the file, or name it .jsonl "
+            "if it holds one record per line"
+        ) from None
+    check_text(value, text, path, error)
+    return value
+
+
+def check_text(value: Any, text: str, path: str | Path, error: type[HuatuoError] = DataError) -> None:
+    """Raise ``error`` at ``file:line`` when ``value``, parsed from the whole file ``text``, holds no proper text."""
+    if problem := lone_surrogate(value, text):
+        found = _LONE_SURROGATE.search(text)
+        line = text.count("\n", 0, found.start()) + 1 if found else 1
+        raise error(f"{path}:{line}: invalid text: {problem}")
+
+
+def latest_by_key(path: str | Path, key: str = "key") -> dict[str, dict[str, Any]]:
+    """The latest record per ``record[key]`` of an append-only JSONL file; none when the file does not exist.
+
+    Unreadable lines are ignored, like records without the key: a kill mid-write leaves at most one, the torn last
+    line, and its work is simply done again.
+    """
+    latest: dict[str, dict[str, Any]] = {}
+    if not Path(path).is_file():
+        return latest
+    for _, record in iter_jsonl(path):
+        if isinstance(record, dict) and key in record:
+            latest[record[key]] = record
+    return latest
 
 
 def dumps(record: Any) -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from huatuo.core.errors import MAX_REPORTED, DataError, did_you_mean, preview, raise_problems
-from huatuo.core.jsonl import BadLine, iter_jsonl, utf8_problem
+from huatuo.core.jsonl import BadLine, check_text, iter_jsonl, read_utf8
 from huatuo.data.records import RECORD_COLUMNS, record_to_turns
 
 FORMATS = ("auto", "huatuo_json", "jsonl", "sharegpt", "openai", "unify", "parquet", "hf")
@@ -137,24 +137,18 @@ def _iter_lines(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _load_json(path: Path) -> Any:
-    raw = path.read_bytes()
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1)
-        raise DataError(utf8_problem(path, line, column, raw[err.start :])) from None
+    text = read_utf8(path)
     if not text.strip():
         raise DataError(f"{path}: the file is empty; fill it or remove it from the source's paths")
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(
             f"{path}:{err.lineno}: malformed JSON ({err.msg} at column {err.colno}); fix the file "
             "(one JSON document, or use a .jsonl suffix for one record per line)"
         ) from None
+    check_text(value, text, path)
+    return value
 
 
 _json_cache: dict[str, Any] = {}  # the last parsed .json file: the demo's nine sources share one file

@@ -9,14 +9,13 @@ answer files (a JSON list of ``{id, query, model_output}`` where ``model_output`
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from huatuo.core.errors import DataError, raise_problems
-from huatuo.core.jsonl import parse_jsonl, write_jsonl
+from huatuo.core.jsonl import read_json_records, read_jsonl, write_jsonl
 from huatuo.evaluation.generation import generate_texts
 from huatuo.inference.loading import LoadedModel
 
@@ -68,16 +67,10 @@ def read_questions(path: str | Path, turns: str = "any") -> list[OpenQuestion]:
 def _records(path: Path) -> list[Any]:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8-sig")
-    if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: not valid JSON ({err})") from None
-        if not isinstance(data, list):
-            raise DataError(f"{path}: expected a JSON list of records")
-        return data
-    return parse_jsonl(text, path, DataError)
+    data = read_json_records(path, DataError) if path.suffix == ".json" else [record for _, record in read_jsonl(path)]
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+    return data
 
 
 def generate_answers(

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from huatuo.core.jsonl import JsonlAppender, iter_jsonl
+from huatuo.core.jsonl import JsonlAppender, latest_by_key
 from huatuo.core.logs import get_logger
 from huatuo.evaluation.rubric import Rubric, fill
 from huatuo.unify.endpoint import ChatClient, EndpointError
@@ -141,13 +141,7 @@ def fingerprint(prompt: str, judge_model: str, rubric: str = "", params: Mapping
 
 def read_judgments(path: str | Path) -> dict[str, dict[str, Any]]:
     """The latest judgment per ``id|order`` key of an append-only JSONL file (a torn last line is ignored)."""
-    latest: dict[str, dict[str, Any]] = {}
-    if not Path(path).is_file():
-        return latest
-    for _, record in iter_jsonl(path):  # a run killed mid-write leaves at most one partial line: a BadLine
-        if isinstance(record, dict) and "key" in record:
-            latest[record["key"]] = record
-    return latest
+    return latest_by_key(path, "key")
 
 
 async def _judge_one(

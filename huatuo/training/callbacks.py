@@ -3,12 +3,12 @@ progress bar."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback, RichProgressBar
 from lightning.pytorch.loggers import WandbLogger
 
+from huatuo.core.jsonl import JsonlAppender, read_jsonl, write_jsonl
 from huatuo.data.prepare import log_to_wandb
 from huatuo.training.tracking import remember_wandb_run
 
@@ -25,25 +25,22 @@ class RowLedger(Callback):
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._handle = None
+        self._out: JsonlAppender | None = None
 
     def on_train_start(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
             return
         sampler = trainer.datamodule.sampler
         resumed = (trainer.current_epoch, sampler.rows_done if sampler is not None else 0)
-        kept = []
         if self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                entry = json.loads(line)
-                if (entry["epoch"], entry["position"]) < resumed:
-                    kept.append(line)
-        self.path.write_text("".join(f"{line}\n" for line in kept))
-        self._handle = self.path.open("a")
+            # a run killed mid-write leaves a torn last line: its batch is redone, so the line goes
+            entries = [entry for _, entry in read_jsonl(self.path, allow_torn_tail=True)]
+            write_jsonl([e for e in entries if (e["epoch"], e["position"]) < resumed], self.path)
+        self._out = JsonlAppender(self.path, fsync=False)  # one whole line per write: a kill tears the last at most
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         rows = trainer.strategy.all_gather(batch["rows"])  # (world, micro) on every rank: a collective
-        if self._handle is None:
+        if self._out is None:
             return
         sampler = trainer.datamodule.sampler
         entry = {
@@ -52,13 +49,12 @@ class RowLedger(Callback):
             "step": trainer.global_step,
             "rows": rows.reshape(-1).tolist(),
         }
-        self._handle.write(json.dumps(entry) + "\n")
-        self._handle.flush()
+        self._out.append(entry)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        if self._out is not None:
+            self._out.close()
+            self._out = None
 
 
 class PrepareReport(Callback):

@@ -1,21 +1,37 @@
 """The unify stage's results files: append-only JSON lines that double as the record of finished passages.
 
 Each finished passage is one line written with a single ``write`` and then fsynced, so a kill (even SIGKILL) can
-leave at most one torn line, at the end, without its newline. ``recover`` drops that line on restart (its passage
-is redone) and returns the finished ids; together the two files (accepted, rejected) account for every passage once.
+leave at most one torn line, at the end, without its newline. ``recover`` cuts that line on restart (its passage
+is redone; ``drop_torn_tail``) and returns the finished ids; together the two files (accepted, rejected) account for
+every passage once.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from huatuo.core.errors import DataError
+from huatuo.core.errors import DataError, preview
+from huatuo.core.jsonl import BadLine, drop_torn_tail, dumps, iter_jsonl
 
 log = logging.getLogger(__name__)
+
+_FIX = "delete that line and rerun (its passage will be redone), or write to a new output"
+
+
+def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line, record)`` of a results file once its torn last line is cut; a line that is no record is an error."""
+    drop_torn_tail(path)  # a whole last record without its newline is kept (and given one)
+    for number, record in iter_jsonl(path):  # blank lines carry no record
+        if isinstance(record, BadLine):
+            raise DataError(f"{path}:{number}: {record.kind}: {record.detail}; or {_FIX}")
+        if not isinstance(record, dict) or "id" not in record:
+            raise DataError(f"{path}:{number}: not a unify record (no 'id': {preview(record)}); {_FIX}")
+        yield number, record
 
 
 def recover(path: Path) -> dict[str, str]:
@@ -23,27 +39,11 @@ def recover(path: Path) -> dict[str, str]:
     finished: dict[str, str] = {}
     if not path.exists():
         return finished
-    good_end = 0
-    with path.open("rb+") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.endswith(b"\n"):  # a write cut short by a kill: its passage is redone
-                log.warning(
-                    "%s:%d: dropping a torn last line (%d bytes); its passage will be redone", path, number, len(raw)
-                )
-                handle.truncate(good_end)
-                break
-            try:
-                record = json.loads(raw)
-                key = str(record["id"])
-            except (ValueError, KeyError, TypeError):
-                raise DataError(
-                    f"{path}:{number}: not a unify record ({raw[:60]!r}); delete that line and rerun (its passage "
-                    "will be redone), or write to a new output"
-                ) from None
-            if key in finished:
-                log.warning("%s:%d: id %r is recorded twice; keeping the first", path, number, key)
-            finished.setdefault(key, sys.intern(str(record.get("reason", "accepted"))))  # a few distinct values
-            good_end += len(raw)
+    for number, record in _records(path):
+        key = str(record["id"])
+        if key in finished:
+            log.warning("%s:%d: id %r is recorded twice; keeping the first", path, number, key)
+        finished.setdefault(key, sys.intern(str(record.get("reason", "accepted"))))  # a few distinct values
     return finished
 
 
@@ -56,16 +56,18 @@ def drop_records(path: Path, reason: str) -> int:
         return 0
     dropped = 0
     temporary = path.with_name(path.name + ".tmp")
-    with path.open("rb") as source, temporary.open("wb") as target:
-        for raw in source:
-            if not raw.endswith(b"\n"):
-                break
-            if json.loads(raw).get("reason") == reason:
-                dropped += 1
-            else:
-                target.write(raw)
-        target.flush()
-        os.fsync(target.fileno())
+    try:
+        with temporary.open("wb") as target:
+            for _, record in _records(path):
+                if record.get("reason") == reason:
+                    dropped += 1
+                else:
+                    target.write((dumps(record) + "\n").encode())
+            target.flush()
+            os.fsync(target.fileno())
+    except DataError:
+        temporary.unlink()
+        raise
     if dropped:
         os.replace(temporary, path)
         directory = os.open(path.parent, os.O_RDONLY)
