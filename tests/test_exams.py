@@ -8,10 +8,11 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from omegaconf import OmegaConf
 
 import huatuo
 from huatuo.core.errors import DataError
-from huatuo.evaluation.exam_files import load_exam, read_answer_file
+from huatuo.evaluation.exam_files import load_exam, load_suite, read_answer_file
 from huatuo.evaluation.exams import record_to_question
 from huatuo.evaluation.prompt import mcq_prompt
 
@@ -345,7 +346,40 @@ def test_a_question_without_an_id_gets_the_same_uid_whatever_the_paths_spelling(
     absolute = load_exam(path).questions[0].uid
     relative = load_exam("exam.json").questions[0].uid
     assert absolute == relative == "exam/exam.json:0"
-    for sub in ("one", "two"):  # the same file name in two folders: still told apart
+    for sub in ("one", "two"):  # the same file name in two folders: told apart, whatever the spelling too
         (tmp_path / "both" / sub).mkdir(parents=True)
         write_json(tmp_path / "both" / sub / "exam.json", [record])
-    assert len({q.uid for q in load_exam(tmp_path / "both", dataset="d").questions}) == 2
+    expected = ["d/one/exam.json:0", "d/two/exam.json:0"]
+    assert sorted(q.uid for q in load_exam(tmp_path / "both", dataset="d").questions) == expected
+    assert sorted(q.uid for q in load_exam("both", dataset="d").questions) == expected
+
+
+def test_hub_splits_whose_ids_repeat_get_uids_of_their_own(monkeypatch):
+    # C-Eval numbers its records 0..N in every subject: `ceval/0` once per split until load_suite merges them
+    def split(repo, name, split, revision=None):
+        return [{"id": i, "question": f"{name} {i}", "A": "x", "B": "y", "answer": "A"} for i in range(2)]
+
+    monkeypatch.setattr("datasets.load_dataset", split)
+    ev = OmegaConf.create(
+        {
+            "name": "ceval",
+            "hub": [
+                {"repo": "ceval/ceval-exam", "name": ["accountant", "physician"], "split": "val", "dataset": "ceval"}
+            ],
+        }  # fmt: skip
+    )
+    exam = load_suite(ev)
+    assert len(exam.questions) == 4 and len({q.uid for q in exam.questions}) == 4
+    assert exam.questions[0].uid == "ceval/hf://ceval/ceval-exam/accountant[val]:0"
+
+
+def test_the_subject_filter_reads_config_and_records_normalised_on_hub_and_local_paths(monkeypatch, tmp_path):
+    records = [
+        {"question": "q1", "option": {"A": "x", "B": "y"}, "answer": "A", "subject": "内科"},
+        {"question": "q2", "option": {"A": "x", "B": "y"}, "answer": "A", "subject": "ICU"},
+    ]
+    monkeypatch.setattr("datasets.load_dataset", lambda repo, name, split, revision=None: records)
+    local = write_json(tmp_path / "exam.json", records)
+    for source in ({"hub": [{"repo": "org/exam"}]}, {"data": str(local)}):
+        exam = load_suite(OmegaConf.create({"name": "s", "subjects": ["ＩＣＵ"], **source}))  # full-width, as typed
+        assert [q.question for q in exam.questions] == ["q2"] and exam.filtered == 1, source

@@ -19,6 +19,7 @@ from huatuo.evaluation.judge import JudgeItem, combine, judge_prompt, parse_verd
 from huatuo.evaluation.rubric import Rubric
 from huatuo.evaluation.run import evaluate
 from huatuo.evaluation.validation import check_eval_config
+from tests.fakeserver import CannedServer
 from tests.helpers import compose_config
 from tests.servers import make_tiny_checkpoint, transformers_serve
 
@@ -457,3 +458,15 @@ def test_a_changed_judge_setting_means_a_new_judgment():
     assert base == fingerprint("prompt", "gpt-4o", "rubric", {"max_tokens": 1024, "temperature": 0.0})
     assert base != fingerprint("prompt", "gpt-4o", "rubric", {"temperature": 0.7, "max_tokens": 1024})
     assert base != fingerprint("prompt", "gpt-4o", "other rubric", {"temperature": 0.0, "max_tokens": 1024})
+
+
+def test_a_judge_that_judged_nothing_raises_instead_of_a_win_rate_of_zero(tmp_path):
+    a = write_answer_file(tmp_path / "a.jsonl", "huatuo", {q: f"{q} answer" for q in QUESTIONS[:3]})
+    b = write_answer_file(tmp_path / "b.jsonl", "ref", {q: f"{q} reply" for q in QUESTIONS[:3]})
+    with CannedServer(lambda body: (401, "invalid api key")) as server:
+        with pytest.raises(ConfigError) as err:
+            evaluate(judge_config(tmp_path, server.base_url, a, b))
+    message = str(err.value)
+    assert "the judge 'fake-judge' judged none of the 3 question(s) in both orders (endpoint: http 401 x6)" in message
+    assert str(tmp_path / "judgments.jsonl") in message and "$HUATUO_TEST_JUDGE_KEY" in message
+    assert not (tmp_path / "run" / "results.json").exists()

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
+import huatuo
+from huatuo.evaluation.after_training import write_trial
 from huatuo.evaluation.sweep_report import parameters, write_sweep_report
 from huatuo.train import main
 from huatuo.training.tracking import read_wandb_run
@@ -119,3 +122,23 @@ def test_the_priorities_sweeper_is_documented_and_maximizes():
     assert config["direction"] == "maximize" and config["params"]["evaluate_after"] is True
     searched = [k for k, v in config["params"].items() if str(v).startswith("tag(log")]
     assert len(searched) == 8 and config["params"]["data.sources.sft.priority"] == 1  # nine, relative to SFT's
+
+
+def test_a_source_without_a_priority_is_recorded_with_its_default_and_reported(tmp_path):
+    data = huatuo.asset_path("demo/huatuo2_demo.json")
+    for number, web in enumerate([4, 8]):
+        cfg = OmegaConf.create(
+            {
+                "data": {
+                    "sources": {
+                        "web_cn": {"paths": [data], "format": "huatuo_json", "priority": web},
+                        "sft": {"paths": [data], "format": "huatuo_json"},
+                    }
+                }
+            }  # fmt: skip
+        )  # sft names no priority and no epochs: the sampler gives it SourceSpec's 1.0 of each
+        write_trial(tmp_path / str(number), cfg, "train/loss", 2.0 - number, "minimize")
+    trial = json.loads((tmp_path / "0" / "score.json").read_text())
+    assert trial["priorities"] == {"web_cn": 4, "sft": 1.0} and trial["epochs"] == {"web_cn": 1.0, "sft": 1.0}
+    report = write_sweep_report(tmp_path, "python train.py -m data.sources.web_cn.priority=4,8").read_text()
+    assert "- best priorities: web_cn 8, sft 1" in report

@@ -276,3 +276,25 @@ def test_a_reply_is_keyed_by_the_server_and_every_setting_sent():
     assert base != fingerprint("m", messages, {"temperature": 0.5}, "http://127.0.0.1:8001/v1")
     assert base != fingerprint("m", messages, {"temperature": 0.7}, "http://127.0.0.1:8000/v1")
     assert base == fingerprint("m", list(messages), {"temperature": 0.5}, "http://127.0.0.1:8000/v1")
+
+
+def test_a_run_whose_every_request_failed_raises_instead_of_scoring_zero(tmp_path):
+    with CannedServer(lambda body: (400, "prompt too long")) as server:
+        with pytest.raises(DataError) as err:
+            evaluate(config(tmp_path, server.base_url, "eval.limit=3", "eval.on_error=skip"))
+    message = str(err.value)
+    assert message.startswith("suite 'demo': no question was scored (all 3 skipped), so there is no accuracy")
+    assert "endpoint: http 400" in message and str(tmp_path / "run" / "replies.jsonl") in message
+    skipped = tmp_path / "run" / "skipped.jsonl"
+    assert str(skipped) in message and len(skipped.read_text().splitlines()) == 3
+    assert not (tmp_path / "run" / "results.json").exists()  # no accuracy of 0.0 for a sweeper to read
+
+
+def test_a_mistyped_endpoint_or_judge_key_is_named_before_anything_runs(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        check_eval_config(config(tmp_path, "http://127.0.0.1:9/v1", "+eval.endpoint.max_concurency=4"))
+    assert "eval.endpoint.max_concurency is not a setting (did you mean 'max_concurrency'?)" in str(err.value)
+    judge = config(tmp_path, "http://127.0.0.1:9/v1", "+eval.judge.temprature=0", suite="judge_inst")
+    with pytest.raises(ConfigError) as err:
+        check_eval_config(judge)
+    assert "eval.judge.temprature is not a setting" in str(err.value) and "known keys: api_key_env" in str(err.value)

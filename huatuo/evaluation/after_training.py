@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from huatuo.core.jsonl import write_json
 from huatuo.core.logs import get_logger
+from huatuo.data.settings import parse_sources
 from huatuo.evaluation.configs import compose_config
 
 log = get_logger(__name__)
@@ -116,7 +117,9 @@ def write_trial(
     """``<run dir>/score.json``: the value ``main`` returns, what it is, and the mixture that produced it."""
     from hydra.core.hydra_config import HydraConfig
 
-    sources = OmegaConf.to_container(cfg.data.sources, resolve=True)
+    # the specs, not the YAML: a source that omits priority or epochs trained with SourceSpec's default, not None.
+    # Their problems were reported before training; a data file moved since must not cost the trial its score.
+    specs, _ = parse_sources(OmegaConf.to_container(cfg.data.sources, resolve=True))
     summary = (results or {}).get("summary", {})
     record = {
         "objective": name,
@@ -127,8 +130,8 @@ def write_trial(
         "ci95": summary.get("ci95"),
         "results": str(run_dir / EVAL_DIR / "results.json") if results else None,
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
-        "priorities": {source: s.get("priority") for source, s in sources.items()},
-        "epochs": {source: s.get("epochs") for source, s in sources.items()},
+        "priorities": {spec.name: spec.priority for spec in specs},
+        "epochs": {spec.name: spec.epochs for spec in specs},
         "run_dir": str(run_dir),
     }
     return write_json(record, run_dir / SCORE_FILE)

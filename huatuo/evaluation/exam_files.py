@@ -24,10 +24,11 @@ skipped and counted in the report.
 from __future__ import annotations
 
 import csv
-import json
+import io
+import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from huatuo.core.errors import ConfigError, DataError, raise_problems
-from huatuo.core.jsonl import parse_jsonl
+from huatuo.core.jsonl import read_json_records, read_utf8
 from huatuo.evaluation.exams import (
     ANSWER_KEYS,
     ID_KEYS,
@@ -54,29 +55,16 @@ SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 SPLIT_SUFFIX = re.compile(r"_(val|dev|test|train)$")  # C-Eval names files <subject>_<split>.csv
 
 
-def _read_json_or_jsonl(path: Path) -> Any:
-    text = path.read_text(encoding="utf-8-sig")
-    if path.suffix == ".jsonl":
-        return parse_jsonl(text, path)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        if "Extra data" in str(err):  # a .json file holding one object per line (MedMCQA)
-            return parse_jsonl(text, path)
-        raise DataError(f"{path}: not valid JSON ({err}); fix the file or convert it to JSONL") from None
-
-
 def raw_records(path: Path) -> dict[str, list[Any]]:
     """The records of one file grouped by dataset name (the HuatuoGPT-II layout has several)."""
     if path.suffix == ".csv":
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            return {"": list(csv.DictReader(handle))}
+        return {"": list(csv.DictReader(io.StringIO(read_utf8(path), newline="")))}
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         return {"": pq.read_table(path).to_pylist()}
     if path.suffix in (".json", ".jsonl"):
-        data = _read_json_or_jsonl(path)
+        data = read_json_records(path)
         if isinstance(data, list):
             return {"": data}
         if isinstance(data, Mapping) and data and all(isinstance(v, list) for v in data.values()):
@@ -205,34 +193,45 @@ def load_hub_exam(
 
 
 def _settle(exam: Exam, problems: list[tuple[str, str, str]], on_error: OnError) -> None:
-    if not problems:
-        _check_unique(exam)
-        return
-    if on_error == "skip":
-        exam.skipped += [{"source": s, "dataset": d, "reason": r} for s, d, r in problems]
-        _check_unique(exam)
-        return
-    raise_problems(
-        f"{len(problems)} record(s) are not readable multiple-choice questions",
-        [f"{source}: {reason}" for source, _, reason in problems],
-        DataError,
-        footer="Fix the records, or set eval.on_error=skip to leave them out (they are counted in the report).",
-    )
+    if problems and on_error != "skip":
+        raise_problems(
+            f"{len(problems)} record(s) are not readable multiple-choice questions",
+            [f"{source}: {reason}" for source, _, reason in problems],
+            DataError,
+            footer="Fix the records, or set eval.on_error=skip to leave them out (they are counted in the report).",
+        )
+    exam.skipped += [{"source": s, "dataset": d, "reason": r} for s, d, r in problems]
+    _check_unique(exam)
 
 
 def _check_unique(exam: Exam) -> None:
-    # Duplicate ids (several files of one dataset) would merge rows in the report: fall back to file:index.
-    counts = Counter(q.uid for q in exam.questions)
-    if any(n > 1 for n in counts.values()):
-        exam.questions = [
-            q if counts[q.uid] == 1 else _with_uid(q, f"{q.dataset}/{portable(q.source)}") for q in exam.questions
-        ]
+    """Give every question a uid of its own: reports and endpoint requests are keyed by it.
+
+    Ids repeat across the files of one dataset and across hub splits (C-Eval numbers 0..N in every subject), which
+    would merge rows in the report: a repeated uid falls back to ``dataset/file:index``, then to the file's path
+    below the folder its files share (``dataset/one/exam.json:0``): never to the path as typed, so a relative and an
+    absolute spelling give the same uids.
+    """
+    for spelled in (lambda q: f"{q.dataset}/{portable(q.source)}", _below_shared_folder(exam.questions)):
         counts = Counter(q.uid for q in exam.questions)
-        # the same file name in two folders: only the full path tells them apart
-        if any(n > 1 for n in counts.values()):
-            exam.questions = [
-                q if counts[q.uid] == 1 else _with_uid(q, f"{q.dataset}/{q.source}") for q in exam.questions
-            ]
+        if all(n == 1 for n in counts.values()):
+            return
+        exam.questions = [q if counts[q.uid] == 1 else _with_uid(q, spelled(q)) for q in exam.questions]
+
+
+def _below_shared_folder(questions: list[Question]) -> Callable[[Question], str]:
+    """``dataset/<path below the local files' shared folder>:index`` (hub sources as they are)."""
+    local = {q.source.rpartition(":")[0] for q in questions if "://" not in q.source}
+    absolute = {file: os.path.abspath(file) for file in local}
+    shared = os.path.commonpath([os.path.dirname(a) for a in absolute.values()]) if absolute else ""
+
+    def spelled(question: Question) -> str:
+        file, _, index = question.source.rpartition(":")
+        if file not in absolute:
+            return f"{question.dataset}/{question.source}"
+        return f"{question.dataset}/{Path(os.path.relpath(absolute[file], shared)).as_posix()}:{index}"
+
+    return spelled
 
 
 def _with_uid(question: Question, uid: str) -> Question:
@@ -241,7 +240,7 @@ def _with_uid(question: Question, uid: str) -> Question:
 
 def read_answer_file(path: str | Path) -> dict[str, Any]:
     """Answers published apart from the questions (CMB's test set): a JSON/JSONL list of ``{id, answer}``."""
-    records = _read_json_or_jsonl(Path(path))
+    records = read_json_records(Path(path))
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a list of {{id, answer}} records")
     answers = {}
@@ -275,10 +274,11 @@ def load_suite(ev: DictConfig, on_error: str | None = None) -> Exam:
         "cop_base": ev.get("cop_base"),
         "answers": answers,
     }
-    subjects = list(ev.subjects) if ev.get("subjects") else None
+    # one normalised set for files and hub splits alike: "Ａ" in the config matches "A" in the records
+    wanted = {normalize_text(s) for s in ev.subjects} if ev.get("subjects") else None
     data = None if OmegaConf.is_missing(ev, "data") else ev.get("data")
     if data is not None:
-        exam = load_exam(data, dataset=ev.get("dataset"), subjects=subjects, **common)
+        exam = load_exam(data, dataset=ev.get("dataset"), subjects=wanted, **common)
     else:
         exam = Exam()
         for entry in OmegaConf.to_container(ev.hub, resolve=True):
@@ -294,8 +294,9 @@ def load_suite(ev: DictConfig, on_error: str | None = None) -> Exam:
                     **{**common, "cop_base": entry.get("cop_base", common["cop_base"])},
                 )
                 exam.extend(part)
-        if subjects:
-            kept = [q for q in exam.questions if q.subject in set(subjects)]
+        _check_unique(exam)  # each split's uids are unique on their own, not across splits (C-Eval's ids 0..N)
+        if wanted is not None:
+            kept = [q for q in exam.questions if normalize_text(q.subject) in wanted]
             exam.filtered += len(exam.questions) - len(kept)
             exam.questions = kept
     if ev.get("limit"):

@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from huatuo.core.errors import ConfigError
+from huatuo.core.errors import ConfigError, raise_problems
 from huatuo.core.jsonl import write_json
 from huatuo.core.logs import get_logger
 from huatuo.evaluation.answers import (
@@ -29,9 +29,15 @@ from huatuo.evaluation.judge import (
     summarize_judgments,
 )
 from huatuo.evaluation.loading import load_evaluated_model, progress_bar, release_memory
-from huatuo.evaluation.serving import endpoint_settings, request_params, serve_answers
+from huatuo.evaluation.serving import (
+    JUDGE_EXTRAS,
+    endpoint_settings,
+    request_params,
+    serve_answers,
+    split_endpoint_block,
+)
 from huatuo.evaluation.tracking import log_to_loggers
-from huatuo.unify.endpoint import ChatClient, EndpointSettings
+from huatuo.unify.endpoint import FATAL_KINDS, ChatClient
 
 log = get_logger(__name__)
 
@@ -101,6 +107,11 @@ def build_items(
 def evaluate_judge(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Get both answer sets, judge them in both orders, write the reports."""
     ev = cfg.eval
+    endpoint, extras, problems = split_endpoint_block(
+        OmegaConf.to_container(ev.judge, resolve=True), JUDGE_EXTRAS, "eval.judge"
+    )
+    raise_problems("bad eval.judge", problems)  # before either model generates (check_eval_config says so first)
+    prompt_file = extras["prompt_file"]
     questions = read_questions(ev.questions, turns=ev.turns) if ev.get("questions") else None
     if questions is not None and ev.get("limit"):
         questions = questions[: int(ev.limit)]
@@ -110,9 +121,6 @@ def evaluate_judge(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     items, unmatched = build_items(questions, answers_a, answers_b)
     if not items:
         raise ConfigError(f"no question has answers from both models ({len(unmatched)} unmatched); check the files")
-    judge = OmegaConf.to_container(ev.judge, resolve=True)
-    prompt_file = judge.pop("prompt_file", None)
-    endpoint = EndpointSettings(**judge)
     rubric = Rubric.from_file(prompt_file) if prompt_file else Rubric()
     settings = JudgeSettings(rule=ev.rule, parse_retries=ev.parse_retries, rubric=rubric)
     judgments_path = Path(ev.judgments) if ev.get("judgments") else run_dir / "judgments.jsonl"
@@ -128,6 +136,16 @@ def evaluate_judge(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     judgments = asyncio.run(run())
     summary = summarize_judgments(items, judgments, ev.rule)
     summary["unmatched"] = unmatched
+    refused = any(reason.removeprefix("endpoint: ") in FATAL_KINDS for reason in summary["failures"])
+    # Nothing judged because the endpoint refused (key, URL, model): an error, not a win rate of 0.0. Replies without
+    # a verdict and requests the judge could not take (a weak or small judge) are a result: reported as incomplete.
+    if not summary["judged"] and refused:
+        failures = ", ".join(f"{reason} x{count}" for reason, count in summary["failures"].items())
+        raise ConfigError(
+            f"suite {ev.name!r}: the judge {endpoint.model!r} judged none of the {len(items)} question(s) in both "
+            f"orders ({failures}); every request and its error is in {judgments_path}. Check eval.judge (base_url, "
+            f"model, the key in ${endpoint.api_key_env}) and rerun: the judgments made are reused"
+        )
     results = {
         "kind": "judge",
         "suite": ev.name,

@@ -79,7 +79,8 @@ def add_skipped(summary: dict[str, Any], skipped: Sequence[Mapping[str, Any]]) -
     summary["skipped"] = len(skipped)
     for record in skipped:
         name = str(record.get("dataset") or "")
-        group = summary["by_dataset"].setdefault(name, tally([]))  # every record of a dataset may be unscorable
+        # every record of a dataset may be unscorable: its group has n == 0, which readers show as no accuracy
+        group = summary["by_dataset"].setdefault(name, tally([]))
         group["skipped"] = group.get("skipped", 0) + 1
     for group in summary["by_dataset"].values():
         group.setdefault("skipped", 0)
@@ -123,9 +124,11 @@ def _table(title: str, groups: Mapping[str, Mapping[str, Any]], label: str) -> l
     ]
     for i, (name, g) in enumerate(groups.items(), start=1):
         low, high = g["ci95"]
+        # a dataset whose every question was skipped (add_skipped) has no accuracy: a dash, not 0.0
+        scores = f"{_pct(g['accuracy'])} | {_pct(low)}–{_pct(high)} | {_pct(g['miss_rate'])}" if g["n"] else "– | – | –"
         lines.append(
-            f"| {i} | {name} | {g['n']} | {g['correct']} | {_pct(g['accuracy'])} | {_pct(low)}–{_pct(high)} | "
-            f"{_pct(g['miss_rate'])} |" + (f" {g.get('skipped', 0)} |" if skipped else "")
+            f"| {i} | {name} | {g['n']} | {g['correct']} | {scores} |"
+            + (f" {g.get('skipped', 0)} |" if skipped else "")
         )
     return lines + [""]
 

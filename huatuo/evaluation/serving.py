@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from huatuo.core.jsonl import JsonlAppender, iter_jsonl
+from huatuo.core.errors import did_you_mean, raise_problems
+from huatuo.core.jsonl import JsonlAppender, latest_by_key
 from huatuo.core.logs import get_logger
 from huatuo.evaluation.answers import Answers, OpenQuestion
 from huatuo.evaluation.generation import cut_at_next_turn
@@ -41,6 +42,8 @@ log = get_logger(__name__)
 PenaltyField = Literal["extra_body", "generation_config", "none"]
 PENALTY_FIELDS = ("extra_body", "generation_config", "none")
 _OUTSIDE_THE_API = ("repetition_penalty", "top_k")  # sampling knobs the OpenAI API has no field for
+ENDPOINT_EXTRAS = {"penalty_field": "extra_body"}  # eval.endpoint's keys beside EndpointSettings, with defaults
+JUDGE_EXTRAS = {"prompt_file": None}  # eval.judge's: the rubric file (None: ours)
 
 
 @dataclass
@@ -100,13 +103,7 @@ def fingerprint(
 
 def read_replies(path: str | Path) -> dict[str, dict[str, Any]]:
     """The latest record per key of an append-only replies file (a torn last line is ignored)."""
-    latest: dict[str, dict[str, Any]] = {}
-    if not Path(path).is_file():
-        return latest
-    for _, record in iter_jsonl(path):  # a kill mid-write leaves at most one partial line, read as a BadLine
-        if isinstance(record, dict) and "key" in record:
-            latest[record["key"]] = record
-    return latest
+    return latest_by_key(path, "key")
 
 
 async def _serve(
@@ -178,31 +175,45 @@ def serve_replies(
     return replies
 
 
+def split_endpoint_block(
+    spec: Mapping[str, Any] | None, extras: Mapping[str, Any], prefix: str
+) -> tuple[EndpointSettings, dict[str, Any], list[str]]:
+    """An endpoint config block as (client settings, its ``extras`` keys with their defaults, every problem).
+
+    ``eval.endpoint`` and ``eval.judge`` are both EndpointSettings plus keys of their own (``penalty_field``,
+    ``prompt_file``); a mistyped key is reported here, before any model generates, not as a TypeError after.
+    """
+    values = dict(spec or {})
+    found = {key: values.pop(key, default) for key, default in extras.items()}
+    fields = EndpointSettings.__dataclass_fields__
+    known = sorted([*fields, *extras])
+    problems = [
+        f"{prefix}.{key} is not a setting{did_you_mean(str(key), known)}; known keys: {', '.join(known)}"
+        for key in sorted(map(str, set(values) - set(fields)))
+    ]
+    settings = EndpointSettings(**{k: v for k, v in values.items() if k in fields})
+    return settings, found, problems + settings.problems(prefix)
+
+
 def endpoint_settings(spec: Mapping[str, Any]) -> tuple[EndpointSettings, PenaltyField]:
-    """The client settings and the penalty field of an ``eval.endpoint`` block."""
-    values = dict(spec)
-    penalty_field = values.pop("penalty_field", "extra_body")
-    return EndpointSettings(**values), penalty_field
+    """The client settings and the penalty field of an ``eval.endpoint`` block (checked by ``endpoint_problems``)."""
+    settings, extras, problems = split_endpoint_block(spec, ENDPOINT_EXTRAS, "eval.endpoint")
+    raise_problems("bad eval.endpoint", problems)
+    return settings, extras["penalty_field"]
 
 
-def endpoint_problems(spec: Mapping[str, Any] | None, prefix: str = "eval.endpoint") -> list[str]:
+def endpoint_problems(spec: Mapping[str, Any] | None) -> list[str]:
     """Every problem of an ``eval.endpoint`` block, each naming the key, the value and the fix."""
     if not spec:
-        return [f"{prefix} is missing; give base_url and model of the server (eval.backend=endpoint)"]
-    values = dict(spec)
-    problems = []
-    penalty_field = values.pop("penalty_field", "extra_body")
-    if penalty_field not in PENALTY_FIELDS:
+        return ["eval.endpoint is missing; give base_url and model of the server (eval.backend=endpoint)"]
+    settings, extras, problems = split_endpoint_block(spec, ENDPOINT_EXTRAS, "eval.endpoint")
+    if extras["penalty_field"] not in PENALTY_FIELDS:
         problems.append(
-            f"{prefix}.penalty_field={penalty_field!r}: use extra_body (vLLM, SGLang), generation_config "
-            "(transformers serve) or none (hosted APIs)"
+            f"eval.endpoint.penalty_field={extras['penalty_field']!r}: use extra_body (vLLM, SGLang), "
+            "generation_config (transformers serve) or none (hosted APIs)"
         )
-    if not values.get("base_url"):
-        problems.append(f"{prefix}.base_url is empty; give the server's URL, e.g. http://127.0.0.1:8000/v1")
-    try:
-        problems += EndpointSettings(**values).problems(prefix)
-    except TypeError as err:
-        problems.append(f"{prefix}: {err}")
+    if not settings.base_url:
+        problems.append("eval.endpoint.base_url is empty; give the server's URL, e.g. http://127.0.0.1:8000/v1")
     return problems
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from huatuo.core.errors import ConfigError
+from huatuo.core.errors import ConfigError, DataError, problem_list
 from huatuo.core.jsonl import write_json, write_jsonl
 from huatuo.core.logs import get_logger
 from huatuo.evaluation.contamination import flagged_questions
@@ -107,6 +107,24 @@ def _row(
     }
 
 
+def _raise_nothing_scored(cfg: DictConfig, exam: Exam, run_dir: Path) -> None:
+    """One error for a run that scored no question (with eval.on_error=skip): what happened and where it is listed."""
+    ev = cfg.eval
+    footer = f"Each is listed with its reason in {write_jsonl(exam.skipped, run_dir / 'skipped.jsonl')}."
+    if ev.get("backend", "local") == "endpoint":
+        replies = ev.get("replies") or run_dir / "replies.jsonl"
+        footer += (
+            f" The server's errors are in {replies}: check eval.endpoint, then rerun (replies received are reused)."
+        )
+    raise DataError(
+        problem_list(
+            f"suite {ev.name!r}: no question was scored (all {len(exam.skipped)} skipped), so there is no accuracy",
+            [f"{e['source']}" + (f" ({e['uid']})" if e.get("uid") else "") + f": {e['reason']}" for e in exam.skipped],
+            footer=footer,
+        )
+    )
+
+
 def evaluate_exam(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Load the suite and the model, answer, and write the reports."""
     ev = cfg.eval
@@ -129,6 +147,8 @@ def evaluate_exam(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     else:
         loaded, model_name = load_evaluated_model(cfg)
     rows = run_exam(cfg, loaded, exam, run_dir)
+    if not rows:  # every question skipped while scoring: an accuracy of 0.0 would read as a score to a sweeper
+        _raise_nothing_scored(cfg, exam, run_dir)
     summary = add_skipped(summarize(rows), exam.skipped)
     clean = clean_subset(rows, flagged, str(cfg.contamination)) if flagged is not None else None
     files = {

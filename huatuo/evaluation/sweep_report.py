@@ -19,6 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from huatuo.core.logs import get_logger
+from huatuo.data.sources import SourceSpec
 from huatuo.evaluation.after_training import SCORE_FILE
 
 log = get_logger(__name__)
@@ -96,7 +97,7 @@ def write_sweep_report(sweep_dir: Path, command: str) -> Path | None:
         f"- command: `{command}`",
         f"- best: trial {best['trial']} (`{best['run_dir']}`), {objective} **{shown(best['value'])}**"
         + (f" (95% CI {interval(best)}, {best['n']} questions of {best['suite']})" if best.get("ci95") else ""),
-        "- best priorities: " + ", ".join(f"{k} {v:g}" for k, v in best["priorities"].items()),
+        "- best priorities: " + ", ".join(f"{k} {_priority(v)}" for k, v in best["priorities"].items()),
     ]
     if best.get("ci95"):
         lines.append(
@@ -122,6 +123,12 @@ def write_sweep_report(sweep_dir: Path, command: str) -> Path | None:
     path = sweep_dir / REPORT
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _priority(value: Any) -> str:
+    if value is None:  # a score.json written before trials recorded the default of a priority the YAML omitted
+        return f"{SourceSpec.priority:g} (default)"
+    return f"{value:g}" if isinstance(value, int | float) else str(value)
 
 
 def _cell(value: Any) -> str:

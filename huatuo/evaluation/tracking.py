@@ -16,7 +16,8 @@ def _flat_metrics(results: dict[str, Any]) -> dict[str, float]:
         return {f"{prefix}/{k}": float(s[k]) for k in keys}
     metrics = {f"{prefix}/{k}": float(s[k]) for k in ("accuracy", "miss_rate", "n", "macro_accuracy")}
     for name, group in s["by_dataset"].items():
-        metrics[f"{prefix}/{name}/accuracy"] = float(group["accuracy"])
+        if group["n"]:  # a dataset whose every question was skipped has no accuracy, not one of 0.0
+            metrics[f"{prefix}/{name}/accuracy"] = float(group["accuracy"])
     return {k: v for k, v in metrics.items() if math.isfinite(v)}
 
 

@@ -94,6 +94,8 @@ def _mcq_problems(ev: DictConfig) -> list[str]:
 
 
 def _judge_problems(ev: DictConfig) -> list[str]:
+    from huatuo.evaluation.serving import JUDGE_EXTRAS, split_endpoint_block
+
     problems = []
     if ev.get("rule") not in RULES:
         problems.append(f"eval.rule={ev.get('rule')!r}: use sum (the paper's) or agree (FastChat's)")
@@ -117,11 +119,13 @@ def _judge_problems(ev: DictConfig) -> list[str]:
             problems.append(f"eval.{side} generates answers but eval.questions is null; give a question file")
     if ev.get("turns") not in ("single", "multi", "any"):
         problems.append(f"eval.turns={ev.get('turns')!r}: use single, multi or any")
-    judge = ev.get("judge") or {}
-    if not judge.get("model"):
-        problems.append("eval.judge.model is empty; name the judge model the endpoint serves")
-    if judge.get("prompt_file"):
-        problems += _rubric_file_problems(str(judge.prompt_file), single_turn=ev.get("turns") != "multi")
+    judge = ev.get("judge")
+    if not OmegaConf.is_dict(judge):
+        return [*problems, f"eval.judge={judge!r}: give the judge's endpoint as a mapping (model, base_url, ...)"]
+    _, extras, found = split_endpoint_block(OmegaConf.to_container(judge, resolve=True), JUDGE_EXTRAS, "eval.judge")
+    problems += found
+    if extras["prompt_file"]:
+        problems += _rubric_file_problems(str(extras["prompt_file"]), single_turn=ev.get("turns") != "multi")
     return problems
 
 
