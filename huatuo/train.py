@@ -23,17 +23,18 @@ from huatuo.core.errors import raise_problems
 @reports_errors
 def main(cfg: DictConfig) -> float | None:
     """Train on the composed config; returns the final ``train/loss``, or the exam score with ``evaluate_after``."""
-    from huatuo.training.validation import check_train_config
-
-    check_train_config(cfg)  # every config problem in a second, before Lightning and torch load
     from huatuo.evaluation.after_training import LOSS, evaluate_after_problems, scorer, write_trial
     from huatuo.evaluation.contamination import data_exclusion, data_exclusion_problems
+    from huatuo.training.validation import train_config_problems
 
-    raise_problems("the config cannot run", evaluate_after_problems(cfg) + data_exclusion_problems(cfg))
+    # every config problem at once, in a second, before Lightning and torch load
+    problems = train_config_problems(cfg) + evaluate_after_problems(cfg) + data_exclusion_problems(cfg)
+    raise_problems("the config cannot run", problems)
     from huatuo.training.run import train
 
     evaluate_after = cfg.get("evaluate_after") is True
-    metrics = train(cfg, exclude=data_exclusion(cfg), after_export=scorer(cfg) if evaluate_after else None)
+    after_export = scorer(cfg) if evaluate_after else None
+    metrics = train(cfg, exclude=data_exclusion(cfg), after_export=after_export, checked=True)
     if evaluate_after:
         return metrics.get("eval/score")  # scorer wrote score.json with the suite's results beside it
     loss = metrics.get(LOSS)

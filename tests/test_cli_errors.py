@@ -7,6 +7,7 @@ one message whose first line says what is wrong (the lines after it name the fil
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -71,6 +72,13 @@ CATALOG = [
         "  - data.sources.sft.paths: file '/no/such/sft.jsonl' does not exist; fix the path or remove it",
     ),
     (
+        "train: an unknown W&B mode",
+        script("train.py"),
+        lambda f: ["logger=wandb", "logger.wandb.mode=bogus", *paths(f, "tw")],
+        "the config cannot run:",
+        "  - logger.wandb.mode='bogus': use auto, online or offline",
+    ),
+    (
         "train: a broken JSONL line",
         script("train.py"),
         lambda f: [f"data.sources.sft.paths=[{f['broken']}]", "data.sources.sft.format=jsonl", *paths(f, "t1")],
@@ -116,8 +124,8 @@ CATALOG = [
         "evaluate: an exam file with a broken line",
         script("evaluate.py"),
         lambda f: ["eval=mcq", f"eval.data={f['exam']}", *paths(f, "e1")],
-        "{dir}/exam.jsonl:2: not valid JSON",
-        "fix or delete the line",
+        "{dir}/exam.jsonl:2: malformed JSON: Expecting value at column 14",
+        "fix the line (one JSON value per line)",
     ),
     (
         "evaluate: a server asked for log-likelihoods, with no model name",
@@ -132,6 +140,13 @@ CATALOG = [
         lambda f: ["eval=judge_inst", f"eval.model_b.answers={f['exam']}", f"eval.judge.prompt_file={f['rubric']}"],
         "the evaluate config cannot run:",
         "unknown placeholder(s) {answer2}",
+    ),
+    (
+        "evaluate: a mistyped judge setting, named before either model generates",
+        script("evaluate.py"),
+        lambda f: ["eval=judge_inst", f"eval.model_b.answers={f['exam']}", "+eval.judge.max_concurency=4"],
+        "the evaluate config cannot run:",
+        "  - eval.judge.max_concurency is not a setting (did you mean 'max_concurrency'?)",
     ),
     (
         "evaluate: run= a folder that is not a train run",
@@ -179,8 +194,8 @@ CATALOG = [
         "decontaminate: an exam file with a broken line",
         module("huatuo.decontaminate"),
         lambda f: [f"suites=[{f['exam']}]", *paths(f, "d1")],
-        "{dir}/exam.jsonl:2: not valid JSON",
-        "fix or delete the line",
+        "{dir}/exam.jsonl:2: malformed JSON: Expecting value at column 14",
+        "fix the line (one JSON value per line)",
     ),
     (
         "decontaminate: a broken training line",
@@ -255,7 +270,9 @@ def test_bad_input_gets_one_message_and_exit_status_2(files, case, command, argu
     lines = result.stderr.splitlines()
     first = first.format(empty=files["empty"], dir=files["dir"])
     starts = [i for i, line in enumerate(lines) if line.startswith(first)]
-    assert starts, result.stderr[-3000:]
+    assert len(starts) == 1, result.stderr[-3000:]  # said once
+    before = lines[: starts[0]]  # only log lines ("[time][logger][level] ...") may come before the message
+    assert all(re.sub(r"\x1b\[[0-9;]*m", "", line).startswith("[") for line in before), result.stderr[-3000:]
     if later is not None:
         assert later in "\n".join(lines[starts[0] :])
 
@@ -278,3 +295,17 @@ def test_the_traceback_comes_back_when_asked_for(files, how):
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "ConfigError" in result.stderr
     assert "data.max_len=3 cannot hold" in result.stderr
+
+
+def test_a_user_error_raised_inside_hydra_instantiate_is_unwrapped():
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from huatuo.core.cli import user_error
+    from huatuo.core.errors import ConfigError
+
+    with pytest.raises(InstantiationException) as caught:
+        instantiate({"_target_": "huatuo.training.strategies.deepspeed_config", "stage": 5})
+    assert isinstance(user_error(caught.value), ConfigError)
+    assert str(user_error(caught.value)).startswith("strategy.stage=5: DeepSpeed ZeRO stages are 1, 2 and 3")
+    assert user_error(RuntimeError("a bug")) is None  # anything else keeps its traceback

@@ -167,6 +167,14 @@ def test_settings_problems_name_every_bad_key():
     assert EndpointSettings(base_url="http://127.0.0.1:8000/v1").problems() == []
 
 
+def test_params_the_client_sets_itself_are_refused_for_every_endpoint_block():
+    judge = EndpointSettings(base_url="http://127.0.0.1:8000/v1", params={"model": "x", "temperature": 0.0})
+    assert judge.problems("eval.judge") == [
+        "eval.judge.params sets ['model']: the client sets these itself; remove them"
+    ]
+    assert "must be a mapping" in EndpointSettings(params=[1]).problems("eval.endpoint")[-1]
+
+
 def test_classify_tells_retryable_from_fatal():
     assert classify(ValueError("bad json")) == ("malformed reply", True)
     assert classify(asyncio.TimeoutError()) == ("timeout", True)

@@ -52,6 +52,20 @@ def wants_traceback(cfg: Any = None) -> bool:
         return False
 
 
+def user_error(error: BaseException) -> BaseException | None:
+    """The user error that ``error`` is or wraps, or None.
+
+    ``hydra.utils.instantiate`` wraps what a configured constructor raises in its own ``InstantiationException``
+    ("Error in call to target ..."): a ``ConfigError`` from a logger, strategy or tokenizer the config names is
+    still the user's to fix, so it is unwrapped.
+    """
+    from hydra.errors import InstantiationException
+
+    while isinstance(error, InstantiationException) and error.__cause__ is not None:
+        error = error.__cause__
+    return error if isinstance(error, _user_errors()) else None
+
+
 def reports_errors(task: Callable[..., T]) -> Callable[..., T]:
     """Wrap a Hydra task function (``cfg -> result``) so that user errors end in one message and exit status 2."""
 
@@ -59,10 +73,11 @@ def reports_errors(task: Callable[..., T]) -> Callable[..., T]:
     def run(cfg: Any) -> T:
         try:
             return task(cfg)
-        except _user_errors() as error:
-            if wants_traceback(cfg):
+        except Exception as error:  # noqa: BLE001 - anything else is raised again, unchanged
+            cause = user_error(error)
+            if cause is None or wants_traceback(cfg):
                 raise
-            fail(error)
+            fail(cause)
 
     return run
 

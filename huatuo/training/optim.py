@@ -10,6 +10,8 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from huatuo.core.errors import ConfigError
+
 
 def cosine_with_warmup(
     optimizer: Optimizer,
@@ -75,7 +77,7 @@ def cpu_adam(factory: Callable[..., torch.optim.Optimizer], params: list[dict]) 
     settings = dict(getattr(factory, "keywords", {}))
     target = getattr(factory, "func", None)
     if target not in (torch.optim.AdamW, torch.optim.Adam):
-        raise ValueError(
+        raise ConfigError(
             f"optimizer._target_={getattr(target, '__name__', target)} with strategy=deepspeed_zero3_offload: "
             "ZeRO-Offload needs torch.optim.AdamW (replaced by DeepSpeed's CPU Adam); use AdamW or a strategy "
             "without offload_optimizer"

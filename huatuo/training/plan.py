@@ -17,12 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from huatuo.core.errors import ConfigError
-from huatuo.core.logs import get_logger
 from huatuo.models.loading import model_folder_problem
 from huatuo.training.memory import GIB, Architecture, Setup, activation_parts, state_bytes
-
-log = get_logger(__name__)
-
 
 # Published dimensions of the paper's backbones, so planning them needs no download.
 _BAICHUAN2_7B = {

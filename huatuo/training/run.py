@@ -15,11 +15,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from huatuo.core.logs import get_logger
 from huatuo.data.contamination import NgramIndex
 from huatuo.data.datamodule import PackedDataModule
 from huatuo.data.encoder import ConversationEncoder
 from huatuo.data.prepare import PackingSettings, Prepared, prepare, publish, settings_from_config, sources_from_config
+from huatuo.data.settings import reading_options
 from huatuo.models.loading import import_class
 from huatuo.training.callbacks import ROWS_FILE, EpochProgressBar, PrepareReport, RowLedger
 from huatuo.training.checkpointing import AtomicCheckpointIO, RunCheckpoint, find_checkpoint
@@ -27,8 +27,6 @@ from huatuo.training.export import export_trained, gather_full_state_dict
 from huatuo.training.module import CausalLMModule
 from huatuo.training.tracking import ResumableCSVLogger
 from huatuo.training.validation import check_train_config, derived_accumulation
-
-log = get_logger(__name__)
 
 
 def _prepare_and_publish(
@@ -74,6 +72,7 @@ def train(
     extra_callbacks: list[Callback] | None = None,
     exclude: NgramIndex | None = None,
     after_export: Callable[[Path], Mapping[str, float]] | None = None,
+    checked: bool = False,
 ) -> dict[str, Any]:
     """Train the backbone on the prepared mixture and export it; returns the final metrics.
 
@@ -81,8 +80,10 @@ def train(
     ``exclude``: training documents sharing an n-gram with it are dropped (``data.decontaminate``; the command
     builds it from the exams). ``after_export(export_dir)`` runs on rank zero once the export is written (the exam
     score of ``evaluate_after``); its metrics go to every logger of the run and into the returned metrics.
+    ``checked``: the caller already raised ``train_config_problems`` (the command does, before torch loads).
     """
-    check_train_config(cfg)  # before anything heavy: every problem of the config (and its data files) at once
+    if not checked:
+        check_train_config(cfg)  # before anything heavy: every problem of the config (and its data files) at once
     quiet_lightning()
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -101,9 +102,8 @@ def train(
             settings,
             data["cache_dir"],
             run_dir,
-            num_proc=data.get("num_proc"),
-            workers=data.get("workers", "thread"),
             exclude=exclude,
+            **reading_options(data),
         ),
         micro_batch_size=data["micro_batch_size"],
         max_len=settings.max_len,

@@ -9,6 +9,7 @@ from typing import Any
 
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 
+from huatuo.core.errors import ConfigError
 from huatuo.models.loading import import_class
 from huatuo.training.checkpointing import save_folder_atomically
 
@@ -109,9 +110,9 @@ def deepspeed_config(
     Accumulation, clipping and precision are left out: Lightning fills them from the Trainer.
     """
     if stage not in (1, 2, 3):
-        raise ValueError(f"strategy.stage={stage!r}: DeepSpeed ZeRO stages are 1, 2 and 3")
+        raise ConfigError(f"strategy.stage={stage!r}: DeepSpeed ZeRO stages are 1, 2 and 3")
     if offload_parameters and stage != 3:
-        raise ValueError("strategy.offload_parameters=true needs stage 3 (ZeRO-1/2 do not partition parameters)")
+        raise ConfigError("strategy.offload_parameters=true needs stage 3 (ZeRO-1/2 do not partition parameters)")
     zero: dict[str, Any] = {
         "stage": stage,
         "overlap_comm": overlap_comm,

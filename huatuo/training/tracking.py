@@ -19,6 +19,7 @@ from typing import Any, Literal
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from huatuo.core.errors import ConfigError
 from huatuo.core.logs import get_logger
 
 log = get_logger(__name__)
@@ -53,7 +54,7 @@ def wandb_logger(
     from lightning.pytorch.loggers import WandbLogger
 
     if mode not in ("auto", "online", "offline"):
-        raise ValueError(f"logger.wandb.mode={mode!r}: use auto, online or offline")
+        raise ConfigError(f"logger.wandb.mode={mode!r}: use auto, online or offline")
     offline = mode == "offline" or (mode == "auto" and not wandb_credentials_present())
     os.environ.setdefault("WANDB_SILENT", "true")
     folder = Path(save_dir)

@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from huatuo.core.errors import ConfigError, raise_problems
-from huatuo.data.settings import parse_sources, settings_from_config
+from huatuo.data.settings import parse_sources, reading_problems, settings_from_config
 from huatuo.models.loading import DTYPES, import_class, model_folder_problem
 
 __all__ = ["ConfigError", "check_train_config", "derived_accumulation", "train_config_problems"]
@@ -129,6 +129,17 @@ def train_config_problems(cfg: DictConfig) -> list[str]:
         )
     if kind == "deepspeed" and trainer.get("gradient_clip_algorithm") not in (None, "norm"):
         problems.append("trainer.gradient_clip_algorithm=value: DeepSpeed clips by norm only; use norm or null")
+    if kind == "deepspeed":
+        stage = strategy.get("stage")
+        if stage not in (1, 2, 3):
+            problems.append(f"strategy.stage={stage!r}: DeepSpeed ZeRO stages are 1, 2 and 3")
+        elif strategy.get("offload_parameters") and stage != 3:
+            problems.append("strategy.offload_parameters=true needs strategy.stage=3 (ZeRO-1/2 keep whole parameters)")
+    loggers = cfg.get("logger") or {}
+    for name, node in loggers.items() if isinstance(loggers, DictConfig) else []:
+        if isinstance(node, DictConfig) and str(node.get("_target_", "")).endswith(".wandb_logger"):
+            if (wandb_mode := node.get("mode", "auto")) not in ("auto", "online", "offline"):
+                problems.append(f"logger.{name}.mode={wandb_mode!r}: use auto, online or offline")
 
     # -- layer classes for sharding and checkpointing
     layer_class = cfg.backbone.get("layer_class")
@@ -224,12 +235,7 @@ def data_config_problems(cfg: DictConfig) -> list[str]:
     """Every problem of the ``data`` group: its sources (files, formats, priorities) and packing settings."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
     _, problems = parse_sources(data.get("sources"))
-    num_proc = data.get("num_proc")
-    if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
-        problems.append(f"data.num_proc={num_proc!r} must be null (every core) or an integer >= 1")
-    if data.get("workers", "thread") not in ("thread", "process"):
-        problems.append(f"data.workers={data.get('workers')!r}: use thread (the default) or process")
-    return problems + settings_from_config(data).problems()
+    return problems + reading_problems(data) + settings_from_config(data).problems()
 
 
 def check_train_config(cfg: DictConfig) -> None:

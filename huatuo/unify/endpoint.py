@@ -16,6 +16,7 @@ import random
 import re
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,11 +83,20 @@ class EndpointSettings:
                 f"{prefix}.backoff_initial={self.backoff_initial!r} and backoff_max={self.backoff_max!r} "
                 "must be numbers of seconds > 0"
             )
-        if not isinstance(self.params, dict):
-            out.append(
-                f"{prefix}.params={self.params!r} must be a mapping of request fields, e.g. {{temperature: 0.7}}"
-            )
+        out += params_problems(self.params, f"{prefix}.params")
         return out
+
+
+RESERVED_PARAMS = frozenset({"model", "messages", "stream", "n"})  # request fields the client sets itself
+
+
+def params_problems(params: Any, key: str) -> list[str]:
+    """Problems of a mapping of request fields (``endpoint.params``, a call's own ``params``)."""
+    if not isinstance(params, Mapping):
+        return [f"{key}={params!r} must be a mapping of request fields, e.g. {{temperature: 0.7}}"]
+    if reserved := RESERVED_PARAMS & set(params):
+        return [f"{key} sets {sorted(reserved)}: the client sets these itself; remove them"]
+    return []
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from huatuo.unify.endpoint import EndpointSettings
+from huatuo.unify.endpoint import EndpointSettings, params_problems
 from huatuo.unify.passages import FORMATS, TEXT_UNITS
 
 
@@ -65,15 +65,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
         for key in ("cut", "attempts"):
             if not isinstance(node[key], int) or node[key] < 1:
                 problems.append(f"{call}.{key}={node[key]!r} must be an integer >= 1")
-        reserved = {"model", "messages", "stream", "n"} & set(
-            node.params if isinstance(node.params, DictConfig) else []
-        )
-        if reserved:
-            problems.append(f"{call}.params sets {sorted(reserved)}: the client sets these itself; remove them")
-        if not isinstance(node.params, DictConfig):
-            problems.append(
-                f"{call}.params={node.params!r} must be a mapping of request fields, e.g. {{max_tokens: 512}}"
-            )
+        problems += params_problems(node.params, f"{call}.params")
     if not isinstance(cfg.question.max_chars, int) or cfg.question.max_chars < 1:
         problems.append(f"question.max_chars={cfg.question.max_chars!r} must be an integer >= 1 (the paper's is 180)")
     if not 0 <= cfg.question.min_chinese_share <= 1:
@@ -85,8 +77,6 @@ def config_problems(cfg: DictConfig) -> list[str]:
         problems.append(f"answer.jaccard_ngram={cfg.answer.jaccard_ngram!r} must be an integer >= 1")
     endpoint = read_settings(EndpointSettings, cfg.endpoint)
     problems += endpoint.problems("endpoint")
-    if reserved := {"model", "messages", "stream", "n"} & set(endpoint.params or {}):
-        problems.append(f"endpoint.params sets {sorted(reserved)}: the client sets these itself; remove them")
     if endpoint.base_url is None and not endpoint.has_api_key():
         problems.append(
             f"endpoint.base_url is null (api.openai.com) but ${endpoint.api_key_env} is empty; export the key in "
