@@ -69,13 +69,21 @@ def reference_pairs(references: list[list[str]], documents: list[str], n: int) -
         for i in range(len(units) - n + 1):
             for r in grams.get(tuple(units[i : i + n]), ()):
                 hits.setdefault(r, []).append(i)
-        for r, starts in hits.items():
-            best = run = 1
-            for a, b in zip(starts, starts[1:], strict=False):
-                run = run + 1 if b == a + 1 else 1
-                best = max(best, run)
-            out[(d, r)] = best + n - 1
+        for r in hits:  # the longest run of units the document shares with one of the reference's texts
+            out[(d, r)] = max(longest_common_run(units, reference_units(text)) for text in references[r])
     return out
+
+
+def longest_common_run(a: list[str], b: list[str]) -> int:
+    best, previous = 0, [0] * (len(b) + 1)
+    for x in a:
+        current = [0] * (len(b) + 1)
+        for j, y in enumerate(b):
+            if x == y:
+                current[j + 1] = previous[j] + 1
+                best = max(best, current[j + 1])
+        previous = current
+    return best
 
 
 def test_normalization_reads_width_case_punctuation_and_accents_alike():
@@ -110,6 +118,14 @@ def test_the_index_finds_exactly_what_brute_force_finds():
         for position, (_, overlaps) in enumerate(index.stream(documents, str, chunk=7)):
             chunked.update({(position, o.reference): o.units for o in overlaps})
         assert chunked == found  # chunk boundaries change nothing
+
+
+def test_the_longest_span_is_one_the_question_holds_not_a_splice_of_two_places():
+    # windows 甲乙丙, 乙丙丁 and 丙丁戊 each match the question, but at two places: 甲乙丙丁 and 乙丙丁戊
+    [found] = NgramIndex.build([["甲乙丙丁X乙丙丁戊"]], n=3).scan(["甲乙丙丁戊"])
+    assert (found.units, found.span) == (4, "甲乙丙丁")
+    [whole] = NgramIndex.build([["甲乙丙丁戊X"]], n=3).scan(["子甲乙丙丁戊"])
+    assert (whole.units, whole.span) == (5, "甲乙丙丁戊")
 
 
 def test_a_reference_shorter_than_n_is_reported_and_never_found():
@@ -173,7 +189,10 @@ def test_each_question_is_indexed_with_and_without_its_option_letters():
     assert lettered.startswith(question.question) and "\nA. 维生素K\nB. 氨甲环酸" in lettered
     assert bare.endswith("维生素K\n氨甲环酸\n鱼精蛋白\n酚磺乙胺\n垂体后叶素")
     index = build_exam_index({"demo": load_exam(EXAM)}).index
-    assert index.scan(["维生素K、氨甲环酸、鱼精蛋白、酚磺乙胺、垂体后叶素"])  # the options alone, listed
+    found = index.scan(["维生素K、氨甲环酸、鱼精蛋白、酚磺乙胺、垂体后叶素"])  # the options alone, listed
+    assert [(o.reference, o.units, o.span) for o in found] == [
+        (1, 21, "维生素k、氨甲环酸、鱼精蛋白、酚磺乙胺、垂体后叶素")
+    ]
 
 
 def test_prepare_drops_the_planted_documents_counts_them_and_keys_the_cache(tmp_path):

@@ -77,10 +77,13 @@ def test_any_number_of_worker_threads_or_processes_writes_the_token_files_of_one
 
 def test_a_single_chunk_is_encoded_without_a_pool(tmp_path, tiny_tokenizer, monkeypatch):
     specs = sources_from_config(write_sources(tmp_path / "data", 100))
+    encoder, settings = ConversationEncoder(tiny_tokenizer, 256), PackingSettings(max_len=256)
+    alone, pooled = tmp_path / "alone", tmp_path / "pooled"
+    alone.mkdir(), pooled.mkdir()
+    reference = tokenize_sources(specs, encoder, settings, pooled, num_proc=1)
     monkeypatch.setattr(ChunkEncoder, "_start", lambda self: pytest.fail("a pool was started for one chunk"))
-    workdir = tmp_path / "tokens"
-    workdir.mkdir()
-    tokenize_sources(specs, ConversationEncoder(tiny_tokenizer, 256), PackingSettings(max_len=256), workdir, num_proc=2)
+    store = tokenize_sources(specs, encoder, settings, alone, num_proc=2)
+    assert digests(alone) == digests(pooled) and (store.offsets == reference.offsets).all()
 
 
 def test_prepared_rows_and_fingerprint_do_not_depend_on_num_proc(tmp_path, tiny_tokenizer):
@@ -141,6 +144,7 @@ def test_a_damaged_cache_entry_is_rebuilt(tmp_path):
     entry = tmp_path / "cache" / "tokenizers" / cache_key(node(str(folder)))
     (entry / "tokenizer.json").write_text("{not json")
     assert not isinstance(prepare_tokenizer(node(str(folder)), tmp_path / "cache"), CachedTokenizer)
+    assert isinstance(prepare_tokenizer(node(str(folder)), tmp_path / "cache"), CachedTokenizer)  # and replaced
 
 
 def test_the_prepare_command_reads_the_tokenizer_from_its_cache_on_a_rerun(tmp_path):

@@ -337,22 +337,36 @@ class NgramIndex:
         return out
 
     def _longest_checked_run(self, units: Units, starts: list[int], reference: int) -> tuple[int, int] | None:
+        """The longest span of units (first, last + 1) that ``reference`` really holds, among runs of matching windows.
+
+        Consecutive matching windows may each match a different place of the question, so a run is checked whole;
+        only when the question does not hold it is it searched for its longest part that it does hold.
+        """
         best: tuple[int, int] | None = None
-        run_first = run_last = None
-        for window in [*starts, None]:
-            if window is not None and run_last is not None and window == run_last + 1:
-                run_last = window
+        for first, last in _runs(starts):
+            end = last + self.n
+            if best is not None and end - first <= best[1] - best[0]:
                 continue
-            if run_first is not None:
-                span = (run_first, run_last + self.n)
-                if (best is None or span[1] - span[0] > best[1] - best[0]) and self._shared(units, span, reference):
-                    best = span
-            run_first = run_last = window
+            texts = self.units[reference]
+            if self._holds(texts, units, first, end):
+                best = (first, end)
+                continue
+            for a in range(first, last + 1):  # rare: the run splices several places of the question
+                if best is not None and end - a <= best[1] - best[0]:
+                    break
+                if not self._holds(texts, units, a, a + self.n):
+                    continue  # a 64-bit hash collision: the units differ
+                b = a + self.n
+                while b < end and self._holds(texts, units, a, b + 1):
+                    b += 1
+                if best is None or b - a > best[1] - best[0]:
+                    best = (a, b)
         return best
 
-    def _shared(self, units: Units, span: tuple[int, int], reference: int) -> bool:
-        head = _fenced(units.strings(span[0], span[0] + self.n))
-        return any(head in text for text in self.units[reference])
+    @staticmethod
+    def _holds(texts: list[str], units: Units, first: int, end: int) -> bool:
+        span = _fenced(units.strings(first, end))
+        return any(span in text for text in texts)
 
     def stream(
         self, items: Iterable[T], text: Callable[[T], str], chunk: int = CHUNK_DOCUMENTS
@@ -386,7 +400,7 @@ class NgramIndex:
         """Pass through the ``(location, turns)`` that share no n-gram with any reference; report the others."""
         kept = dropped = 0
         first_dropped = None
-        for (location, turns), overlaps in self.stream(conversations, lambda item: "\n".join(item[1])):
+        for (location, turns), overlaps in self.stream(conversations, conversation_text):
             if overlaps:
                 dropped += 1
                 first_dropped = first_dropped or location
@@ -400,6 +414,22 @@ class NgramIndex:
                 f"with the exam questions of data.decontaminate ({self.meta.get('label', 'the exam')}), which would "
                 "leave nothing to train on; check the source's files, or remove the suite from data.decontaminate"
             )
+
+
+def conversation_text(item: tuple[str, list[str]]) -> str:
+    """A training conversation ``(location, turns)`` as one document: its turns, one per line. Prepare's
+    ``data.decontaminate`` and ``python -m huatuo.decontaminate`` read documents alike, so the report predicts
+    exactly what prepare drops."""
+    return "\n".join(item[1])
+
+
+def _runs(starts: list[int]) -> Iterator[tuple[int, int]]:
+    """Sorted window starts as runs of consecutive ones: (first, last) each."""
+    for i, window in enumerate(starts):
+        if i == 0 or window != starts[i - 1] + 1:
+            first = window
+        if i + 1 == len(starts) or starts[i + 1] != window + 1:
+            yield first, window
 
 
 def _fenced(units: list[str]) -> str:

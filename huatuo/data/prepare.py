@@ -33,7 +33,7 @@ from huatuo.data.fingerprint import FileDigests, fingerprint
 from huatuo.data.packing import pack
 from huatuo.data.sampler import PrioritySampler
 from huatuo.data.schedule import SCHEDULE_BINS, order_displacement, plot_schedule, schedule_counts, schedule_shares
-from huatuo.data.settings import PackingSettings, settings_from_config, sources_from_config
+from huatuo.data.settings import PackingSettings, reading_options, settings_from_config, sources_from_config
 from huatuo.data.sources import SourceSpec
 from huatuo.data.tokens import tokenize_sources
 
@@ -288,11 +288,11 @@ def run(cfg, exclude: NgramIndex | None = None) -> Prepared:
     from huatuo.data.tokenizer_cache import prepare_tokenizer
 
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    specs = sources_from_config(data["sources"])  # every config problem before the tokenizer loads
-    settings = settings_from_config(data)
-    raise_problems("bad data config", settings.problems())
+    specs = sources_from_config(data["sources"])  # the command checked the config before this layer loaded
     tokenizer = prepare_tokenizer(OmegaConf.to_container(cfg.backbone.tokenizer, resolve=True), data["cache_dir"])
-    reading = {"num_proc": data.get("num_proc"), "workers": data.get("workers", "thread"), "exclude": exclude}
-    prepared = prepare(specs, tokenizer, settings, data["cache_dir"], force=cfg.get("force", False), **reading)
+    reading = {**reading_options(data), "exclude": exclude}
+    prepared = prepare(
+        specs, tokenizer, settings_from_config(data), data["cache_dir"], force=cfg.get("force", False), **reading
+    )
     publish(prepared, cfg.paths.run_dir)
     return prepared

@@ -108,3 +108,22 @@ def settings_from_config(data: Mapping[str, Any]) -> PackingSettings:
     """The PackingSettings part of a ``data`` config group."""
     keys = PackingSettings.__dataclass_fields__
     return PackingSettings(**{k: data[k] for k in keys if k in data})
+
+
+WORKERS = ("thread", "process")  # how prepare's tokenizing workers run (data.workers); the first is the default
+
+
+def reading_options(data: Mapping[str, Any]) -> dict[str, Any]:
+    """How prepare reads and tokenizes, from a ``data`` config group: ``num_proc`` workers of kind ``workers``."""
+    return {"num_proc": data.get("num_proc"), "workers": data.get("workers", WORKERS[0])}
+
+
+def reading_problems(data: Mapping[str, Any]) -> list[str]:
+    """Every problem of ``data.num_proc`` and ``data.workers``."""
+    problems = []
+    num_proc, workers = reading_options(data).values()
+    if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
+        problems.append(f"data.num_proc={num_proc!r} must be null (every core) or an integer >= 1")
+    if workers not in WORKERS:
+        problems.append(f"data.workers={workers!r}: use thread (the default) or process")
+    return problems

@@ -53,7 +53,6 @@ class CachedTokenizer:
     pad_token_id: int | None
     bos_token_id: int | None
     huatuo_digest: str  # huatuo.data.fingerprint.tokenizer_digest of the tokenizer it was saved from
-    source: str  # the class it was saved from, for messages
     huatuo_sentencepiece_model: str | None = None  # a copy of its tokenizer.model when it encodes exactly as it
 
 
@@ -101,18 +100,19 @@ def load_cached(folder: Path) -> CachedTokenizer | None:
         pad_token_id=meta["pad_token_id"],
         bos_token_id=meta["bos_token_id"],
         huatuo_digest=meta["digest"],
-        source=meta["source"],
         huatuo_sentencepiece_model=str(folder / "tokenizer.model") if meta.get("sentencepiece") else None,
     )
 
 
-def save(tokenizer: Any, folder: Path) -> None:
-    """Save what the prepare stage needs of ``tokenizer`` into ``folder`` (atomically: a folder renamed into place)."""
+def save(tokenizer: Any, folder: Path) -> str | None:
+    """Save what the prepare stage needs of ``tokenizer`` into ``folder`` (atomically: a folder renamed into place).
+
+    Returns the tokenizer's content digest, or None for a slow tokenizer (nothing to serialize: built every time)."""
     from huatuo.data.fingerprint import tokenizer_digest
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        return  # a slow tokenizer: nothing to serialize; it is built every time
+        return None
     partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -126,13 +126,13 @@ def save(tokenizer: Any, folder: Path) -> None:
         "pad_token_id": tokenizer.pad_token_id,
         "bos_token_id": tokenizer.bos_token_id,
         "digest": tokenizer_digest(tokenizer),
-        "source": type(tokenizer).__name__,
     }
     (partial / "meta.json").write_text(json.dumps(meta, indent=1))
     try:
         os.replace(partial, folder)
     except OSError:  # another process saved it first: theirs is as good
         shutil.rmtree(partial, ignore_errors=True)
+    return meta["digest"]
 
 
 def prepare_tokenizer(node: dict[str, Any], cache_dir: str | Path) -> Any:
@@ -146,5 +146,7 @@ def prepare_tokenizer(node: dict[str, Any], cache_dir: str | Path) -> Any:
 
     tokenizer = instantiate(node)
     if folder is not None:
-        save(tokenizer, folder)
+        shutil.rmtree(folder, ignore_errors=True)  # a damaged entry (it did not load): replaced, not kept forever
+        if (digest := save(tokenizer, folder)) is not None:
+            tokenizer.huatuo_digest = digest  # computed once: the data fingerprint reads it instead of hashing again
     return tokenizer

@@ -7,10 +7,11 @@ go straight to disk; only the per-sample lengths stay in memory. Rows are later 
 Tokenizing runs on every core (``num_proc`` workers): this thread reads and checks the records while the workers turn
 chunks into ids and labels, at most two chunks per worker in flight, and results are written in reading order, so
 the files are byte for byte those of one worker. Workers are threads by default (``workers="thread"``): they share
-one tokenizer, whose Rust encoding releases the GIL and runs on its own thread pool, so one thread's Python work
-(collecting ids, assembling labels) overlaps another's encoding. ``workers="process"`` forks single-threaded
-worker processes instead (the tokenizer shared copy-on-write): more CPU per sample (no shared BPE cache, results
-copied back), for tokenizers without a Rust backend. A source of a single chunk is encoded here, without a pool.
+one tokenizer, whose encoding (sentencepiece's C++ for a rebuilt SentencePiece tokenizer, the Rust backend
+otherwise) releases the GIL, so one thread's Python work (collecting ids, assembling labels) overlaps another's
+encoding. ``workers="process"`` forks single-threaded worker processes instead (the tokenizer shared copy-on-write):
+more CPU per sample (no shared BPE cache, results copied back), for tokenizers without a Rust backend. A source of a
+single chunk is encoded here, without a pool.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 from huatuo.core.errors import DataError
 from huatuo.data.contamination import NgramIndex
 from huatuo.data.encoder import ConversationEncoder, EncodedBatch
-from huatuo.data.settings import PackingSettings
+from huatuo.data.settings import WORKERS, PackingSettings
 from huatuo.data.sources import MAX_EXAMPLES, LoadReport, SourceSpec, forget_parsed_json, iter_conversations
 
 DECONTAMINATED = "decontaminated"  # the skip reason of documents that share an n-gram with an exam question
@@ -106,9 +107,6 @@ _worker_encoder: ConversationEncoder | None = None  # set in the parent just bef
 def _encode_in_worker(conversations: list[list[str]]) -> EncodedBatch:
     _worker_encoder.sentencepiece_threads = 1  # this process is one of num_proc: one core each
     return _worker_encoder.encode_flat(conversations)
-
-
-WORKERS = ("thread", "process")
 
 
 class ChunkEncoder:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from huatuo.core.errors import ConfigError, DataError
 from huatuo.core.jsonl import dumps, iter_jsonl, write_json
 from huatuo.core.logs import get_logger
-from huatuo.data.contamination import DEFAULT_N, NORMALIZATION, NgramIndex
+from huatuo.data.contamination import DEFAULT_N, NORMALIZATION, NgramIndex, conversation_text
 from huatuo.data.sources import LoadReport, SourceSpec, forget_parsed_json, iter_conversations
 from huatuo.evaluation.configs import suite_config, suite_problem
 from huatuo.evaluation.exams import Exam, Question
@@ -139,7 +139,7 @@ def scan_sources(
             report, documents, overlapping = LoadReport(), 0, 0
             bar = tqdm(desc=f"scan {spec.name}", unit=" docs", disable=not progress or None, mininterval=1.0)
             stream = iter_conversations(spec, on_error, report)
-            for (location, _), overlaps in exams.index.stream(stream, lambda item: "\n".join(item[1])):
+            for (location, _), overlaps in exams.index.stream(stream, conversation_text):
                 documents += 1
                 bar.update()
                 overlapping += bool(overlaps)
