@@ -20,7 +20,6 @@ from huatuo.evaluation.exam_files import load_exam
 from huatuo.evaluation.loglik import LoglikSettings, score_loglik
 from huatuo.evaluation.prompt import mcq_prompt
 from huatuo.inference.loading import LoadedModel
-from huatuo.models.loading import load_tokenizer
 
 TOLERANCE = 1e-5
 BACKBONES = ["llama", "baichuan_rope", "alibi_5_heads", "alibi_8_heads"]
@@ -61,8 +60,8 @@ def build(kind: str, tokenizer) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(huatuo.asset_path("tiny_tokenizer"))
+def tokenizer(tiny_tokenizer):
+    return tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -74,9 +74,15 @@ def alibi_bias(
         # For contiguous rows (unpadded, left-padded) position differences equal slot differences: the original's bias.
         positions = real.long().cumsum(-1) - 1
         distance = positions[:, None, :] - positions[:, past:, None]  # (batch, q, k)
-    slopes = torch.tensor(alibi_slopes(num_heads), dtype=torch.float32, device=device)
-    bias = (slopes[None, :, None, None] * distance[:, None].to(torch.float32)).to(dtype)  # (batch or 1, heads, q, k)
-    return bias.masked_fill(~allowed, torch.finfo(dtype).min)
+    slopes = torch.tensor(alibi_slopes(num_heads), dtype=torch.float32, device=device)[:, None, None]
+    shape = torch.broadcast_shapes((distance.shape[0], num_heads, q_len, kv_len), allowed.shape)
+    bias = torch.empty(shape, dtype=dtype, device=device)  # (batch or 1, heads, q, k): the one full-size tensor
+    if distance.shape[0] == 1:
+        bias.copy_((slopes * distance[0].to(torch.float32)).to(dtype))
+    else:  # a row's float32 products at a time: a 13B prefill would otherwise hold the whole bias in float32 too
+        for row in range(shape[0]):
+            bias[row] = slopes * distance[row].to(torch.float32)
+    return bias.masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
 def compute_dtype(embeds: torch.Tensor) -> torch.dtype:
